@@ -1,0 +1,40 @@
+// Validating a decoded batch in one pass, and learning the byte offsets that
+// enrichment needs to add `_ingest` without re-serializing the document.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "outcome.h"
+
+namespace recording {
+
+struct ValidationLimits {
+    size_t max_events = 10000;
+    unsigned max_depth = 128;  // nesting levels; the root object is level 1
+};
+
+struct ValidatedBatch {
+    bool valid = false;
+    Outcome error = Outcome::invalid_json;  // meaningful when !valid
+
+    std::string session_id;  // unescaped
+
+    // Enrichment: the client's `_ingest` member (with one separating comma)
+    // occupies [removed_begin, removed_end), empty when there is none; the
+    // new member goes at insert_at, just after the last member kept.
+    size_t removed_begin = 0;
+    size_t removed_end = 0;
+    size_t insert_at = 0;
+};
+
+// Checks the document against CONTRACT.md's body rules, in the contract's
+// order: JSON (strict RFC 8259, valid UTF-8, an object, no duplicate keys at
+// the top level or in an event, depth), session_id, seq, events.
+//
+// `document` must be followed in memory by a NUL byte (document.data()
+// [document.size()] == '\0'), as std::string and BodyDecoder guarantee.
+ValidatedBatch validate_batch(std::string_view document, const ValidationLimits& limits);
+
+}  // namespace recording

@@ -1,0 +1,66 @@
+// Decoding a request body by its Content-Encoding, never holding more than
+// the decoded-size limit (plus one byte, to know the limit was passed).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace recording {
+
+enum class ContentEncoding {
+    identity,    // absent, empty or "identity"
+    compressed,  // "gzip" or "deflate": a gzip or zlib header, either name
+    unsupported,
+};
+
+// Classifies a Content-Encoding header value (letter case ignored).
+// Lists such as "gzip, br" are unsupported.
+ContentEncoding classify_content_encoding(std::string_view value) noexcept;
+
+enum class DecodeStatus {
+    ok,
+    invalid,    // does not decode: 400 invalid_encoding
+    too_large,  // decoded size passed the limit: 413 payload_too_large
+};
+
+class BodyDecoder {
+public:
+    BodyDecoder(ContentEncoding encoding, size_t max_decoded_size);
+    ~BodyDecoder();
+    BodyDecoder(const BodyDecoder&) = delete;
+    BodyDecoder& operator=(const BodyDecoder&) = delete;
+
+    // Sizes the output for a body of this many bytes on the wire.
+    void expect_input(size_t encoded_size);
+
+    // Feeds the next piece of the body. After a failure every later call
+    // returns the same failure without doing any work.
+    DecodeStatus feed(const void* data, size_t size);
+
+    // Ends the body: a compressed stream must have ended exactly here.
+    DecodeStatus finish();
+
+    // The decoded document; complete, and followed by a NUL byte, once
+    // finish() returned ok.
+    std::string_view decoded() const noexcept { return {output_.data(), used_}; }
+
+private:
+    DecodeStatus feed_identity(const unsigned char* data, size_t size);
+    DecodeStatus feed_compressed(const unsigned char* data, size_t size);
+    DecodeStatus inflate_available();
+    bool make_room();
+    DecodeStatus fail(DecodeStatus status) noexcept;
+
+    struct Inflater;
+
+    ContentEncoding encoding_;
+    size_t max_decoded_size_;
+    std::string output_;  // used_ bytes are decoded, the rest is room
+    size_t used_ = 0;
+    DecodeStatus status_ = DecodeStatus::ok;
+    std::unique_ptr<Inflater> inflater_;
+};
+
+}  // namespace recording

@@ -1,0 +1,60 @@
+#include "redis_protocol.h"
+
+#include "enrichment.h"
+
+namespace recording {
+
+namespace {
+
+void append_length(std::string& out, char prefix, size_t n)
+{
+    out += prefix;
+    out += std::to_string(n);
+    out += "\r\n";
+}
+
+void append_bulk(std::string& out, std::string_view arg)
+{
+    append_length(out, '$', arg.size());
+    out.append(arg);
+    out += "\r\n";
+}
+
+}  // namespace
+
+std::string queue_key(unsigned shard)
+{
+    return "recording:queue:" + std::to_string(shard);
+}
+
+std::string format_rpush(std::string_view key, const QueueElement& element)
+{
+    std::string out;
+    out.reserve(element.size() + key.size() + 48);
+    append_length(out, '*', 3);
+    append_bulk(out, "RPUSH");
+    append_bulk(out, key);
+    append_length(out, '$', element.size());
+    element.append_to(out);
+    out += "\r\n";
+    return out;
+}
+
+std::string format_site_lookup(std::string_view site_id)
+{
+    std::string key = "recording:site:";
+    key.append(site_id);
+    return format_command({"HMGET", key, "enabled", "sample_rate"});
+}
+
+std::string format_command(std::initializer_list<std::string_view> args)
+{
+    std::string out;
+    append_length(out, '*', args.size());
+    for (std::string_view arg : args) {
+        append_bulk(out, arg);
+    }
+    return out;
+}
+
+}  // namespace recording

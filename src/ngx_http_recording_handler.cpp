@@ -1,0 +1,555 @@
+// The content handler: one batch's path through the module.
+//
+//   method and CORS -> site id -> read the body -> decode -> validate
+//   -> site settings (shared cache, else Redis) -> sample -> enrich
+//   -> RPUSH -> answer once Redis acknowledged.
+//
+// Each step's work is done in the file named after it (the core's
+// body_decoder, batch_validator, site_settings, sampling, enrichment and
+// redis_protocol; the glue's body, site_cache and redis); this file only
+// orders the steps, keeps the request's state and answers.
+
+#include "ngx_http_recording_module.h"
+
+#include <exception>
+#include <new>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <hiredis/hiredis.h>
+
+#include "batch_validator.h"
+#include "enrichment.h"
+#include "ngx_http_recording_redis.h"
+#include "outcome.h"
+#include "redis_protocol.h"
+#include "sampling.h"
+
+using recording::Outcome;
+
+namespace {
+
+// The link between a request and a Redis call in flight. It outlives the
+// request when the client goes away first: the call then finds `request`
+// null and only frees the link.
+struct Waiter {
+    ngx_http_request_t *request;
+    bool in_flight;
+};
+
+// A request's state, in its pool; destroyed by a pool cleanup.
+struct RequestState {
+    ngx_http_request_t *request;
+    ngx_http_recording_loc_conf_t *conf;
+    std::string_view site_id;  // in the request pool
+    std::optional<recording::BodyDecoder> decoder;
+    recording::ValidatedBatch batch;
+    std::optional<recording::SiteSettings> stale_settings;
+    Waiter *waiter = nullptr;
+
+    ~RequestState()
+    {
+        if (waiter == nullptr) {
+            return;
+        }
+        if (waiter->in_flight) {
+            waiter->request = nullptr;  // the call frees it
+        } else {
+            delete waiter;
+        }
+    }
+};
+
+void destroy_state(void *data) noexcept
+{
+    static_cast<RequestState *>(data)->~RequestState();
+}
+
+RequestState *create_state(ngx_http_request_t *r, ngx_http_recording_loc_conf_t *conf)
+{
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, sizeof(RequestState));
+    if (cln == nullptr) {
+        return nullptr;
+    }
+    auto *state = new (cln->data) RequestState{};
+    state->request = r;
+    state->conf = conf;
+    cln->handler = destroy_state;
+    ngx_http_set_ctx(r, state, ngx_http_recording_module);
+    return state;
+}
+
+RequestState *get_state(ngx_http_request_t *r)
+{
+    return static_cast<RequestState *>(ngx_http_get_module_ctx(r, ngx_http_recording_module));
+}
+
+std::string_view view(const ngx_str_t &s)
+{
+    return {reinterpret_cast<const char *>(s.data), s.len};
+}
+
+// The value of a request header nginx has no field for, and how many times
+// it was sent.
+ngx_table_elt_t *find_header(ngx_http_request_t *r, std::string_view lowcase_name, ngx_uint_t *count)
+{
+    ngx_table_elt_t *found = nullptr;
+    *count = 0;
+    for (ngx_list_part_t *part = &r->headers_in.headers.part; part != nullptr; part = part->next) {
+        auto *h = static_cast<ngx_table_elt_t *>(part->elts);
+        for (ngx_uint_t i = 0; i < part->nelts; i++) {
+            if (h[i].key.len == lowcase_name.size()
+                && ngx_strncasecmp(h[i].key.data, (u_char *) lowcase_name.data(), lowcase_name.size()) == 0)
+            {
+                if (found == nullptr) {
+                    found = &h[i];
+                }
+                (*count)++;
+            }
+        }
+    }
+    return found;
+}
+
+bool add_header(ngx_http_request_t *r, std::string_view key, ngx_str_t value)
+{
+    auto *h = static_cast<ngx_table_elt_t *>(ngx_list_push(&r->headers_out.headers));
+    if (h == nullptr) {
+        return false;
+    }
+    h->hash = 1;
+    h->key.len = key.size();
+    h->key.data = (u_char *) key.data();
+    h->value = value;
+    return true;
+}
+
+ngx_str_t literal(std::string_view s)
+{
+    return {s.size(), (u_char *) s.data()};
+}
+
+// CONTRACT.md: every answer to a request with an Origin carries these.
+bool add_cors_headers(ngx_http_request_t *r)
+{
+    ngx_uint_t count;
+    ngx_table_elt_t *origin = find_header(r, "origin", &count);
+    if (origin == nullptr) {
+        return true;
+    }
+    return add_header(r, "Access-Control-Allow-Origin", origin->value)
+           && add_header(r, "Access-Control-Allow-Credentials", literal("true"))
+           && add_header(r, "Vary", literal("Origin"));
+}
+
+ngx_int_t send_preflight(ngx_http_request_t *r)
+{
+    if (!add_header(r, "Access-Control-Allow-Methods", literal("POST, OPTIONS"))
+        || !add_header(r, "Access-Control-Allow-Headers", literal("Content-Type, Content-Encoding"))
+        || !add_header(r, "Access-Control-Max-Age", literal("86400")))
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    r->headers_out.status = NGX_HTTP_NO_CONTENT;
+    r->headers_out.content_length_n = 0;
+    r->header_only = 1;
+    return ngx_http_send_header(r);
+}
+
+// Sends the contract's answer for `outcome`; returns what to finalize with.
+ngx_int_t send_response(ngx_http_request_t *r, Outcome outcome)
+{
+    recording::Response response = recording::response_for(outcome);
+
+    if (outcome == Outcome::method_not_allowed && !add_header(r, "Allow", literal("POST, OPTIONS"))) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    r->headers_out.status = static_cast<ngx_uint_t>(response.status);
+    r->headers_out.content_type = literal("application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = nullptr;
+    r->headers_out.content_length_n = static_cast<off_t>(response.body.size());
+
+    ngx_int_t rc = ngx_http_send_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+    ngx_buf_t *b = static_cast<ngx_buf_t *>(ngx_calloc_buf(r->pool));
+    if (b == nullptr) {
+        return NGX_ERROR;
+    }
+    b->pos = (u_char *) response.body.data();
+    b->last = b->pos + response.body.size();
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    ngx_chain_t out = {b, nullptr};
+    return ngx_http_output_filter(r, &out);
+}
+
+void log_outcome(RequestState &state, Outcome outcome)
+{
+    if (outcome == Outcome::queued || outcome == Outcome::sampled_out) {
+        return;
+    }
+    ngx_http_request_t *r = state.request;
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "recording: batch refused: %s, site \"%*s\", session \"%*s\"",
+                  recording::outcome_name(outcome).data(), state.site_id.size(), state.site_id.data(),
+                  state.batch.session_id.size(), state.batch.session_id.data());
+}
+
+// Answers and ends a request whose body was read.
+void finish(RequestState &state, Outcome outcome, bool from_redis)
+{
+    ngx_http_request_t *r = state.request;
+    ngx_connection_t *c = r->connection;
+    log_outcome(state, outcome);
+    ngx_http_finalize_request(r, send_response(r, outcome));
+    if (from_redis) {
+        // We run from the Redis connection's event, not the client's.
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+Waiter *waiter_for(RequestState &state)
+{
+    if (state.waiter == nullptr) {
+        state.waiter = new Waiter{state.request, false};
+    }
+    return state.waiter;
+}
+
+// Resumes a request when its Redis call completes; false when the request
+// is gone (the waiter is then freed).
+RequestState *resume(Waiter *waiter)
+{
+    waiter->in_flight = false;
+    if (waiter->request == nullptr) {
+        delete waiter;
+        return nullptr;
+    }
+    return get_state(waiter->request);
+}
+
+void continue_with_site(RequestState &state, const recording::SiteSettings &site, bool from_redis);
+
+// --- Queueing -------------------------------------------------------------
+
+class PushCall final : public RedisCall {
+public:
+    explicit PushCall(Waiter *waiter) : waiter_(waiter) {}
+
+    void on_reply(const redisReply *reply) noexcept override
+    {
+        RequestState *state = resume(waiter_);
+        if (state != nullptr) {
+            bool acknowledged = reply != nullptr && reply->type == REDIS_REPLY_INTEGER;
+            if (reply != nullptr && reply->type == REDIS_REPLY_ERROR) {
+                ngx_log_error(NGX_LOG_WARN, state->request->connection->log, 0,
+                              "recording: redis refused RPUSH: %*s", reply->len, reply->str);
+            }
+            finish(*state, acknowledged ? Outcome::queued : Outcome::queue_unavailable, true);
+        }
+        delete this;
+    }
+
+private:
+    Waiter *waiter_;
+};
+
+void push(RequestState &state, const recording::QueueElement &element, unsigned shard, bool from_redis)
+{
+    ngx_http_recording_loc_conf_t *conf = state.conf;
+    std::string command = recording::format_rpush(recording::queue_key(shard), element);
+
+    Waiter *waiter = waiter_for(state);
+    auto *call = new PushCall(waiter);
+    if (!conf->redis->client->send(command, call, conf->redis_connect_timeout, conf->redis_read_timeout)) {
+        delete call;
+        finish(state, Outcome::queue_unavailable, from_redis);
+        return;
+    }
+    waiter->in_flight = true;
+}
+
+// --- Sampling and enrichment ----------------------------------------------
+
+int64_t now_ms()
+{
+    ngx_time_t *tp = ngx_timeofday();
+    return static_cast<int64_t>(tp->sec) * 1000 + static_cast<int64_t>(tp->msec);
+}
+
+std::optional<std::string_view> complex_value(ngx_http_request_t *r, ngx_http_complex_value_t *cv)
+{
+    ngx_str_t value;
+    if (cv == nullptr || ngx_http_complex_value(r, cv, &value) != NGX_OK) {
+        return std::nullopt;
+    }
+    return view(value);
+}
+
+recording::IngestFields ingest_fields(RequestState &state)
+{
+    ngx_http_request_t *r = state.request;
+    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
+        ngx_http_get_module_main_conf(r, ngx_http_recording_module));
+
+    recording::IngestFields fields;
+    fields.site_id = state.site_id;
+    fields.received_at_ms = now_ms();
+    fields.ip = view(r->connection->addr_text);
+    if (r->headers_in.user_agent != nullptr) {
+        fields.user_agent = view(r->headers_in.user_agent->value);
+    }
+    fields.country = complex_value(r, state.conf->country);
+    ngx_http_variable_value_t *request_id = ngx_http_get_indexed_variable(r, rmcf->request_id_index);
+    if (request_id != nullptr && !request_id->not_found) {
+        fields.request_id = {reinterpret_cast<const char *>(request_id->data), request_id->len};
+    }
+    return fields;
+}
+
+void continue_with_site(RequestState &state, const recording::SiteSettings &site, bool from_redis)
+{
+    if (site.status == recording::SiteStatus::unknown) {
+        finish(state, Outcome::unknown_site, from_redis);
+        return;
+    }
+    if (site.status == recording::SiteStatus::disabled) {
+        finish(state, Outcome::site_disabled, from_redis);
+        return;
+    }
+
+    uint32_t bucket = recording::session_bucket(state.site_id, state.batch.session_id);
+    if (!recording::is_sampled_in(bucket, site.sample_rate)) {
+        finish(state, Outcome::sampled_out, from_redis);
+        return;
+    }
+
+    std::string ingest = recording::ingest_member(ingest_fields(state));
+    recording::QueueElement element(state.decoder->decoded(), state.batch, ingest);
+    unsigned shard = recording::queue_shard(bucket, static_cast<unsigned>(state.conf->queue_shards));
+    push(state, element, shard, from_redis);
+}
+
+// --- Site settings --------------------------------------------------------
+
+// One HMGET per site and worker at a time; requests for a site whose lookup
+// is in flight wait for that one.
+class SiteLookupCall;
+std::unordered_map<std::string, SiteLookupCall *> lookups_in_flight;
+
+std::optional<std::string_view> field(const redisReply *reply)
+{
+    if (reply->type == REDIS_REPLY_STRING) {
+        return std::string_view(reply->str, reply->len);
+    }
+    return std::nullopt;
+}
+
+class SiteLookupCall final : public RedisCall {
+public:
+    SiteLookupCall(std::string key, std::string_view site_id, ngx_shm_zone_t *cache, ngx_msec_t ttl)
+        : key_(std::move(key)), site_id_(site_id), cache_(cache), ttl_(ttl)
+    {
+    }
+
+    void add(Waiter *waiter)
+    {
+        waiters_.push_back(waiter);
+        waiter->in_flight = true;
+    }
+
+    void on_reply(const redisReply *reply) noexcept override
+    {
+        lookups_in_flight.erase(key_);
+
+        std::optional<recording::SiteSettings> settings;
+        if (reply != nullptr && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+            settings = recording::site_settings_from_fields(field(reply->element[0]), field(reply->element[1]));
+            ngx_http_recording_site_cache_put(cache_, site_id_, *settings, ttl_);
+        } else if (reply != nullptr && reply->type == REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0, "recording: redis refused HMGET for site \"%s\": %*s",
+                          site_id_.c_str(), reply->len, reply->str);
+        }
+
+        for (Waiter *waiter : waiters_) {
+            RequestState *state = resume(waiter);
+            if (state == nullptr) {
+                continue;
+            }
+            try {
+                if (settings) {
+                    continue_with_site(*state, *settings, true);
+                } else if (state->stale_settings) {
+                    // Redis cannot answer: the last answer beats failing.
+                    continue_with_site(*state, *state->stale_settings, true);
+                } else {
+                    finish(*state, Outcome::queue_unavailable, true);
+                }
+            } catch (const std::exception &) {
+                finish(*state, Outcome::internal_error, true);
+            }
+        }
+        delete this;
+    }
+
+private:
+    std::string key_;
+    std::string site_id_;
+    ngx_shm_zone_t *cache_;
+    ngx_msec_t ttl_;
+    std::vector<Waiter *> waiters_;
+};
+
+void look_up_site(RequestState &state)
+{
+    ngx_http_recording_loc_conf_t *conf = state.conf;
+    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
+        ngx_http_get_module_main_conf(state.request, ngx_http_recording_module));
+
+    // A fetch that takes longer than both timeouts has failed anyway.
+    ngx_msec_t lease = conf->redis_connect_timeout + conf->redis_read_timeout;
+    ngx_http_recording_cached_site_t cached =
+        ngx_http_recording_site_cache_get(rmcf->site_cache, state.site_id, lease);
+    if (cached.found && (cached.fresh || !cached.refresh)) {
+        continue_with_site(state, cached.settings, false);
+        return;
+    }
+    if (cached.found) {
+        state.stale_settings = cached.settings;
+    }
+
+    std::string key(view(conf->redis->name));
+    key += '/';
+    key.append(state.site_id);
+
+    auto it = lookups_in_flight.find(key);
+    if (it != lookups_in_flight.end()) {
+        it->second->add(waiter_for(state));
+        return;
+    }
+
+    auto *call = new SiteLookupCall(key, state.site_id, rmcf->site_cache, conf->site_cache_ttl);
+    std::string command = recording::format_site_lookup(state.site_id);
+    if (!conf->redis->client->send(command, call, conf->redis_connect_timeout, conf->redis_read_timeout)) {
+        delete call;
+        if (state.stale_settings) {
+            continue_with_site(state, *state.stale_settings, false);
+        } else {
+            finish(state, Outcome::queue_unavailable, false);
+        }
+        return;
+    }
+    call->add(waiter_for(state));
+    lookups_in_flight.emplace(std::move(key), call);
+}
+
+// --- Body -----------------------------------------------------------------
+
+Outcome decode_and_validate(RequestState &state)
+{
+    ngx_http_request_t *r = state.request;
+    ngx_http_recording_loc_conf_t *conf = state.conf;
+
+    ngx_uint_t count;
+    ngx_table_elt_t *header = find_header(r, "content-encoding", &count);
+    recording::ContentEncoding encoding = recording::classify_content_encoding(
+        header != nullptr ? view(header->value) : std::string_view());
+    if (count > 1) {
+        encoding = recording::ContentEncoding::unsupported;  // a list in disguise
+    }
+    if (encoding == recording::ContentEncoding::unsupported) {
+        return Outcome::unsupported_encoding;
+    }
+
+    state.decoder.emplace(encoding, conf->max_decoded_size);
+    if (ngx_http_recording_decode_body(r, *state.decoder) != NGX_OK) {
+        return Outcome::internal_error;
+    }
+    switch (state.decoder->finish()) {
+    case recording::DecodeStatus::invalid:
+        return Outcome::invalid_encoding;
+    case recording::DecodeStatus::too_large:
+        return Outcome::payload_too_large;
+    case recording::DecodeStatus::ok:
+        break;
+    }
+
+    recording::ValidationLimits limits;
+    limits.max_events = conf->max_events;
+    limits.max_depth = static_cast<unsigned>(conf->max_depth);
+    state.batch = recording::validate_batch(state.decoder->decoded(), limits);
+    return state.batch.valid ? Outcome::queued : state.batch.error;
+}
+
+void body_read(ngx_http_request_t *r) noexcept
+{
+    RequestState *state = get_state(r);
+    try {
+        Outcome outcome = decode_and_validate(*state);
+        if (outcome != Outcome::queued) {
+            finish(*state, outcome, false);
+            return;
+        }
+        look_up_site(*state);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "recording: %s", e.what());
+        finish(*state, Outcome::internal_error, false);
+    }
+}
+
+ngx_int_t answer_without_body(ngx_http_request_t *r, Outcome outcome)
+{
+    ngx_int_t rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+    return send_response(r, outcome);
+}
+
+}  // namespace
+
+ngx_int_t ngx_http_recording_handler(ngx_http_request_t *r) noexcept
+{
+    try {
+        auto *conf = static_cast<ngx_http_recording_loc_conf_t *>(
+            ngx_http_get_module_loc_conf(r, ngx_http_recording_module));
+
+        if (!add_cors_headers(r)) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        if (r->method == NGX_HTTP_OPTIONS) {
+            ngx_int_t rc = ngx_http_discard_request_body(r);
+            return rc != NGX_OK ? rc : send_preflight(r);
+        }
+        if (r->method != NGX_HTTP_POST) {
+            return answer_without_body(r, Outcome::method_not_allowed);
+        }
+
+        std::optional<std::string_view> site_id = complex_value(r, conf->site_id);
+        if (!site_id || !recording::is_valid_site_id(*site_id)) {
+            return answer_without_body(r, Outcome::unknown_site);
+        }
+
+        RequestState *state = create_state(r, conf);
+        if (state == nullptr) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        state->site_id = *site_id;
+
+        ngx_int_t rc = ngx_http_read_client_request_body(r, body_read);
+        if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+            return rc;
+        }
+        return NGX_DONE;
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "recording: %s", e.what());
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}

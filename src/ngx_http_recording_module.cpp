@@ -1,0 +1,389 @@
+// ngx_http_recording_module: the module definition, its directives and their
+// configuration, and the per-worker Redis connections.
+
+#include "ngx_http_recording_module.h"
+
+#include <new>
+
+#include "ngx_http_recording_redis.h"
+
+namespace {
+
+constexpr ngx_uint_t kDefaultShards = 1;
+constexpr size_t kDefaultMaxDecodedSize = 2 * 1024 * 1024;
+constexpr ngx_uint_t kDefaultMaxEvents = 10000;
+constexpr ngx_uint_t kDefaultMaxDepth = 128;
+constexpr ngx_msec_t kDefaultRedisTimeout = 1000;
+constexpr ngx_msec_t kDefaultSiteCacheTtl = 60000;
+constexpr ssize_t kDefaultSiteCacheSize = 1024 * 1024;
+constexpr ngx_int_t kDefaultRedisPort = 6379;
+
+ngx_str_t default_redis = ngx_string("127.0.0.1:6379");
+
+// A bound on a numeric directive, checked after nginx parsed the value; the
+// message names the directive.
+struct bounds_t {
+    ngx_conf_post_handler_pt  post_handler;
+    ngx_int_t                 low;
+    ngx_int_t                 high;  // 0: none
+};
+
+char *check_bounds(ngx_conf_t *cf, void *post, void *data) noexcept
+{
+    auto *bounds = static_cast<bounds_t *>(post);
+    auto *name = static_cast<ngx_str_t *>(cf->args->elts);
+    // Every slot using this stores a machine word: ngx_uint_t, size_t or
+    // ngx_msec_t.
+    auto value = static_cast<ngx_int_t>(*static_cast<ngx_uint_t *>(data));
+
+    if (value < bounds->low || (bounds->high != 0 && value > bounds->high)) {
+        if (bounds->high != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" must be between %i and %i, not \"%V\"",
+                               &name[0], bounds->low, bounds->high, &name[1]);
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" must be at least %i, not \"%V\"",
+                               &name[0], bounds->low, &name[1]);
+        }
+        return static_cast<char *>(NGX_CONF_ERROR);
+    }
+    return NGX_CONF_OK;
+}
+
+bounds_t shards_bounds = {check_bounds, 1, 65536};
+bounds_t decoded_size_bounds = {check_bounds, 1, 1024 * 1024 * 1024};
+bounds_t events_bounds = {check_bounds, 1, 1000000};
+bounds_t depth_bounds = {check_bounds, 3, 100000};
+bounds_t timeout_bounds = {check_bounds, 1, 0};
+bounds_t cache_size_bounds = {check_bounds, 32 * 1024, 0};
+
+char *set_ingest(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
+char *set_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
+
+ngx_command_t commands[] = {
+    {ngx_string("recording_ingest"),
+     NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+     set_ingest, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+
+    {ngx_string("recording_site_id"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_http_set_complex_value_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_recording_loc_conf_t, site_id), nullptr},
+
+    {ngx_string("recording_country"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_http_set_complex_value_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_recording_loc_conf_t, country), nullptr},
+
+    {ngx_string("recording_redis"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     set_redis, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+
+    {ngx_string("recording_queue_shards"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_recording_loc_conf_t, queue_shards), &shards_bounds},
+
+    {ngx_string("recording_max_decoded_size"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_recording_loc_conf_t, max_decoded_size), &decoded_size_bounds},
+
+    {ngx_string("recording_max_events"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_recording_loc_conf_t, max_events), &events_bounds},
+
+    {ngx_string("recording_max_depth"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_recording_loc_conf_t, max_depth), &depth_bounds},
+
+    {ngx_string("recording_redis_connect_timeout"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_recording_loc_conf_t, redis_connect_timeout), &timeout_bounds},
+
+    {ngx_string("recording_redis_read_timeout"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_recording_loc_conf_t, redis_read_timeout), &timeout_bounds},
+
+    {ngx_string("recording_site_cache_ttl"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_recording_loc_conf_t, site_cache_ttl), nullptr},
+
+    {ngx_string("recording_site_cache_size"),
+     NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_size_slot, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(ngx_http_recording_main_conf_t, site_cache_size), &cache_size_bounds},
+
+    ngx_null_command
+};
+
+void *create_main_conf(ngx_conf_t *cf) noexcept
+{
+    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
+        ngx_pcalloc(cf->pool, sizeof(ngx_http_recording_main_conf_t)));
+    if (rmcf == nullptr) {
+        return nullptr;
+    }
+    if (ngx_array_init(&rmcf->servers, cf->pool, 2, sizeof(ngx_http_recording_redis_server_t *))
+        != NGX_OK)
+    {
+        return nullptr;
+    }
+    rmcf->site_cache_size = NGX_CONF_UNSET;
+    rmcf->request_id_index = NGX_ERROR;
+    return rmcf;
+}
+
+char *init_main_conf(ngx_conf_t *, void *conf) noexcept
+{
+    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(conf);
+    if (rmcf->site_cache_size == NGX_CONF_UNSET) {
+        rmcf->site_cache_size = kDefaultSiteCacheSize;
+    }
+    return NGX_CONF_OK;
+}
+
+void *create_loc_conf(ngx_conf_t *cf) noexcept
+{
+    auto *conf = static_cast<ngx_http_recording_loc_conf_t *>(
+        ngx_pcalloc(cf->pool, sizeof(ngx_http_recording_loc_conf_t)));
+    if (conf == nullptr) {
+        return nullptr;
+    }
+    // pcalloc set site_id, country and redis to null: unset.
+    conf->ingest = NGX_CONF_UNSET;
+    conf->queue_shards = NGX_CONF_UNSET_UINT;
+    conf->max_decoded_size = NGX_CONF_UNSET_SIZE;
+    conf->max_events = NGX_CONF_UNSET_UINT;
+    conf->max_depth = NGX_CONF_UNSET_UINT;
+    conf->redis_connect_timeout = NGX_CONF_UNSET_MSEC;
+    conf->redis_read_timeout = NGX_CONF_UNSET_MSEC;
+    conf->site_cache_ttl = NGX_CONF_UNSET_MSEC;
+    return conf;
+}
+
+// Finds or adds the server for an address, so that every location naming
+// the same address shares one connection per worker.
+ngx_http_recording_redis_server_t *add_redis_server(ngx_conf_t *cf, ngx_str_t *address) noexcept
+{
+    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
+        ngx_http_conf_get_module_main_conf(cf, ngx_http_recording_module));
+
+    auto **servers = static_cast<ngx_http_recording_redis_server_t **>(rmcf->servers.elts);
+    for (ngx_uint_t i = 0; i < rmcf->servers.nelts; i++) {
+        if (servers[i]->name.len == address->len
+            && ngx_strncmp(servers[i]->name.data, address->data, address->len) == 0)
+        {
+            return servers[i];
+        }
+    }
+
+    auto *server = static_cast<ngx_http_recording_redis_server_t *>(
+        ngx_pcalloc(cf->pool, sizeof(ngx_http_recording_redis_server_t)));
+    if (server == nullptr) {
+        return nullptr;
+    }
+    server->name = *address;
+
+    static const ngx_str_t unix_prefix = ngx_string("unix:");
+    if (address->len > unix_prefix.len
+        && ngx_strncasecmp(address->data, unix_prefix.data, unix_prefix.len) == 0)
+    {
+        size_t len = address->len - unix_prefix.len;
+        server->unix_path.data = static_cast<u_char *>(ngx_pnalloc(cf->pool, len + 1));
+        if (server->unix_path.data == nullptr) {
+            return nullptr;
+        }
+        ngx_memcpy(server->unix_path.data, address->data + unix_prefix.len, len);
+        server->unix_path.data[len] = '\0';
+        server->unix_path.len = len;
+    } else {
+        // Resolved here, once, so that a worker never blocks on a lookup.
+        ngx_url_t u;
+        ngx_memzero(&u, sizeof(ngx_url_t));
+        u.url = *address;
+        u.default_port = static_cast<in_port_t>(kDefaultRedisPort);
+        if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s in \"recording_redis\" address \"%V\"",
+                               u.err != nullptr ? u.err : "host not found", address);
+            return nullptr;
+        }
+        u_char text[NGX_SOCKADDR_STRLEN + 1];
+        size_t len = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, text, NGX_SOCKADDR_STRLEN, 0);
+        server->host.data = static_cast<u_char *>(ngx_pnalloc(cf->pool, len + 1));
+        if (server->host.data == nullptr) {
+            return nullptr;
+        }
+        ngx_memcpy(server->host.data, text, len);
+        server->host.data[len] = '\0';
+        server->host.len = len;
+        server->port = ngx_inet_get_port(u.addrs[0].sockaddr);
+    }
+
+    auto **slot = static_cast<ngx_http_recording_redis_server_t **>(ngx_array_push(&rmcf->servers));
+    if (slot == nullptr) {
+        return nullptr;
+    }
+    *slot = server;
+    return server;
+}
+
+char *set_redis(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept
+{
+    auto *rlcf = static_cast<ngx_http_recording_loc_conf_t *>(conf);
+    if (rlcf->redis != nullptr) {
+        return const_cast<char *>("is duplicate");
+    }
+    auto *value = static_cast<ngx_str_t *>(cf->args->elts);
+    rlcf->redis = add_redis_server(cf, &value[1]);
+    return rlcf->redis != nullptr ? NGX_CONF_OK : static_cast<char *>(NGX_CONF_ERROR);
+}
+
+char *set_ingest(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept
+{
+    auto *rlcf = static_cast<ngx_http_recording_loc_conf_t *>(conf);
+    if (rlcf->ingest != NGX_CONF_UNSET) {
+        return const_cast<char *>("is duplicate");
+    }
+    rlcf->ingest = 1;
+
+    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
+        ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+    clcf->handler = ngx_http_recording_handler;
+
+    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
+        ngx_http_conf_get_module_main_conf(cf, ngx_http_recording_module));
+    rmcf->ingest_used = 1;
+    if (rmcf->request_id_index == NGX_ERROR) {
+        static ngx_str_t request_id = ngx_string("request_id");
+        rmcf->request_id_index = ngx_http_get_variable_index(cf, &request_id);
+        if (rmcf->request_id_index == NGX_ERROR) {
+            return static_cast<char *>(NGX_CONF_ERROR);
+        }
+    }
+    return NGX_CONF_OK;
+}
+
+char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept
+{
+    auto *prev = static_cast<ngx_http_recording_loc_conf_t *>(parent);
+    auto *conf = static_cast<ngx_http_recording_loc_conf_t *>(child);
+
+    ngx_conf_merge_value(conf->ingest, 0, 0);
+    if (conf->site_id == nullptr) {
+        conf->site_id = prev->site_id;
+    }
+    if (conf->country == nullptr) {
+        conf->country = prev->country;
+    }
+    if (conf->redis == nullptr) {
+        conf->redis = prev->redis;
+    }
+    ngx_conf_merge_uint_value(conf->queue_shards, prev->queue_shards, kDefaultShards);
+    ngx_conf_merge_size_value(conf->max_decoded_size, prev->max_decoded_size, kDefaultMaxDecodedSize);
+    ngx_conf_merge_uint_value(conf->max_events, prev->max_events, kDefaultMaxEvents);
+    ngx_conf_merge_uint_value(conf->max_depth, prev->max_depth, kDefaultMaxDepth);
+    ngx_conf_merge_msec_value(conf->redis_connect_timeout, prev->redis_connect_timeout,
+                              kDefaultRedisTimeout);
+    ngx_conf_merge_msec_value(conf->redis_read_timeout, prev->redis_read_timeout,
+                              kDefaultRedisTimeout);
+    ngx_conf_merge_msec_value(conf->site_cache_ttl, prev->site_cache_ttl, kDefaultSiteCacheTtl);
+
+    if (!conf->ingest) {
+        return NGX_CONF_OK;
+    }
+    if (conf->site_id == nullptr) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"recording_ingest\" requires \"recording_site_id\" in the same location or above");
+        return static_cast<char *>(NGX_CONF_ERROR);
+    }
+    if (conf->redis == nullptr) {
+        // As the legacy layer: a local Redis unless told otherwise.
+        conf->redis = add_redis_server(cf, &default_redis);
+        if (conf->redis == nullptr) {
+            return static_cast<char *>(NGX_CONF_ERROR);
+        }
+    }
+    return NGX_CONF_OK;
+}
+
+ngx_int_t postconfiguration(ngx_conf_t *cf) noexcept
+{
+    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
+        ngx_http_conf_get_module_main_conf(cf, ngx_http_recording_module));
+    if (!rmcf->ingest_used) {
+        return NGX_OK;
+    }
+    return ngx_http_recording_site_cache_init_zone(cf, rmcf);
+}
+
+ngx_http_recording_main_conf_t *cycle_main_conf(ngx_cycle_t *cycle) noexcept
+{
+    if (ngx_http_cycle_get_module_main_conf(cycle, ngx_http_core_module) == nullptr) {
+        return nullptr;  // no http block
+    }
+    return static_cast<ngx_http_recording_main_conf_t *>(
+        ngx_http_cycle_get_module_main_conf(cycle, ngx_http_recording_module));
+}
+
+ngx_int_t init_process(ngx_cycle_t *cycle) noexcept
+{
+    ngx_http_recording_main_conf_t *rmcf = cycle_main_conf(cycle);
+    if (rmcf == nullptr) {
+        return NGX_OK;
+    }
+    auto **servers = static_cast<ngx_http_recording_redis_server_t **>(rmcf->servers.elts);
+    for (ngx_uint_t i = 0; i < rmcf->servers.nelts; i++) {
+        ngx_http_recording_redis_server_t *s = servers[i];
+        s->client = new (std::nothrow) RedisClient(s->name, s->host, s->port, s->unix_path, cycle->log);
+        if (s->client == nullptr) {
+            return NGX_ERROR;
+        }
+    }
+    return NGX_OK;
+}
+
+void exit_process(ngx_cycle_t *cycle) noexcept
+{
+    ngx_http_recording_main_conf_t *rmcf = cycle_main_conf(cycle);
+    if (rmcf == nullptr) {
+        return;
+    }
+    auto **servers = static_cast<ngx_http_recording_redis_server_t **>(rmcf->servers.elts);
+    for (ngx_uint_t i = 0; i < rmcf->servers.nelts; i++) {
+        delete servers[i]->client;
+        servers[i]->client = nullptr;
+    }
+}
+
+ngx_http_module_t module_ctx = {
+    nullptr,            // preconfiguration
+    postconfiguration,  // postconfiguration
+    create_main_conf,   // create main configuration
+    init_main_conf,     // init main configuration
+    nullptr,            // create server configuration
+    nullptr,            // merge server configuration
+    create_loc_conf,    // create location configuration
+    merge_loc_conf      // merge location configuration
+};
+
+}  // namespace
+
+ngx_module_t ngx_http_recording_module = {
+    NGX_MODULE_V1,
+    &module_ctx,        // module context
+    commands,           // module directives
+    NGX_HTTP_MODULE,    // module type
+    nullptr,            // init master
+    nullptr,            // init module
+    init_process,       // init process
+    nullptr,            // init thread
+    nullptr,            // exit thread
+    exit_process,       // exit process
+    nullptr,            // exit master
+    NGX_MODULE_V1_PADDING
+};

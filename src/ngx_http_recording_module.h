@@ -1,0 +1,70 @@
+// Declarations shared by the module's nginx glue: configuration, and the
+// entry points of each step of a request's path (one file each).
+#pragma once
+
+#include "ngx_http_recording_nginx.h"
+
+#include <string_view>
+
+#include "body_decoder.h"
+#include "site_settings.h"
+
+class RedisClient;
+
+extern "C" ngx_module_t ngx_http_recording_module;
+
+// A Redis server named by `recording_redis`, resolved when the configuration
+// is read. Each worker keeps one connection per server.
+struct ngx_http_recording_redis_server_t {
+    ngx_str_t    name;        // as written, for logs
+    ngx_str_t    host;        // numeric address, NUL-terminated
+    ngx_int_t    port;
+    ngx_str_t    unix_path;   // NUL-terminated, or empty
+    RedisClient *client;      // this worker's connection
+};
+
+struct ngx_http_recording_main_conf_t {
+    ngx_array_t      servers;          // of ngx_http_recording_redis_server_t *
+    ngx_shm_zone_t  *site_cache;
+    ssize_t          site_cache_size;
+    ngx_int_t        request_id_index;
+    ngx_flag_t       ingest_used;
+};
+
+struct ngx_http_recording_loc_conf_t {
+    ngx_flag_t                          ingest;
+    ngx_http_complex_value_t           *site_id;
+    ngx_http_complex_value_t           *country;
+    ngx_http_recording_redis_server_t  *redis;
+    ngx_uint_t                          queue_shards;
+    size_t                              max_decoded_size;
+    ngx_uint_t                          max_events;
+    ngx_uint_t                          max_depth;
+    ngx_msec_t                          redis_connect_timeout;
+    ngx_msec_t                          redis_read_timeout;
+    ngx_msec_t                          site_cache_ttl;
+};
+
+// ngx_http_recording_handler.cpp: the content handler.
+ngx_int_t ngx_http_recording_handler(ngx_http_request_t *r) noexcept;
+
+// ngx_http_recording_body.cpp: feeds the body nginx read (in memory or in a
+// temporary file) to the decoder.
+ngx_int_t ngx_http_recording_decode_body(ngx_http_request_t *r,
+    recording::BodyDecoder &decoder);
+
+// ngx_http_recording_site_cache.cpp: the shared-memory site cache.
+struct ngx_http_recording_cached_site_t {
+    bool                      found;   // an answer is there, fresh or not
+    bool                      fresh;
+    bool                      refresh; // expired; this caller should fetch
+    recording::SiteSettings   settings;
+};
+
+ngx_int_t ngx_http_recording_site_cache_init_zone(ngx_conf_t *cf,
+    ngx_http_recording_main_conf_t *rmcf);
+ngx_http_recording_cached_site_t ngx_http_recording_site_cache_get(
+    ngx_shm_zone_t *zone, std::string_view site_id, ngx_msec_t lease);
+void ngx_http_recording_site_cache_put(ngx_shm_zone_t *zone,
+    std::string_view site_id, const recording::SiteSettings &settings,
+    ngx_msec_t ttl);

@@ -1,0 +1,315 @@
+// The event-loop adapter between hiredis and nginx.
+//
+// hiredis owns the socket: after a failed connect or a disconnect it calls
+// every pending callback with a null reply, then cleanup(), then closes the
+// fd itself. So the nginx connection wrapping that fd is released in
+// cleanup() without closing it. Events are registered level-triggered: with
+// nginx's edge-triggered epoll, hiredis (which reads at most 16 KiB per call)
+// would leave replies unread in the socket.
+
+#include "ngx_http_recording_redis.h"
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+RedisClient::RedisClient(ngx_str_t name, ngx_str_t host, ngx_int_t port, ngx_str_t unix_path,
+                         ngx_log_t *log) noexcept
+    : name_(name), host_(host), port_(port), unix_path_(unix_path), log_(log)
+{
+    connect_timer_.handler = on_connect_timeout;
+    connect_timer_.data = this;
+    connect_timer_.log = log;
+    reply_timer_.handler = on_reply_timeout;
+    reply_timer_.data = this;
+    reply_timer_.log = log;
+}
+
+RedisClient::~RedisClient()
+{
+    close();
+}
+
+void RedisClient::close() noexcept
+{
+    if (context_ != nullptr) {
+        redisAsyncFree(context_);  // runs the pending callbacks, then cleanup()
+    }
+}
+
+bool RedisClient::connect(ngx_msec_t timeout) noexcept
+{
+    redisAsyncContext *ac;
+    if (unix_path_.len != 0) {
+        ac = redisAsyncConnectUnix(reinterpret_cast<const char *>(unix_path_.data));
+    } else {
+        ac = redisAsyncConnect(reinterpret_cast<const char *>(host_.data), static_cast<int>(port_));
+    }
+    if (ac == nullptr) {
+        ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis %V: out of memory", &name_);
+        return false;
+    }
+    if (ac->err) {
+        if (!failing_) {
+            ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis %V: connect failed: %s",
+                          &name_, ac->errstr);
+        }
+        failing_ = true;
+        redisAsyncFree(ac);
+        return false;
+    }
+
+    ngx_connection_t *c = ngx_get_connection(ac->c.fd, log_);
+    if (c == nullptr) {
+        redisAsyncFree(ac);
+        return false;
+    }
+    c->data = this;
+    c->read->handler = on_readable;
+    c->write->handler = on_writable;
+    c->read->log = log_;
+    c->write->log = log_;
+
+    context_ = ac;
+    connection_ = c;
+    connected_ = false;
+
+    ac->data = this;
+    ac->ev.data = this;
+    ac->ev.addRead = add_read;
+    ac->ev.delRead = del_read;
+    ac->ev.addWrite = add_write;
+    ac->ev.delWrite = del_write;
+    ac->ev.cleanup = cleanup;
+    redisAsyncSetConnectCallback(ac, on_connected);
+    redisAsyncSetDisconnectCallback(ac, on_disconnected);
+
+    // Writability tells that the non-blocking connect finished.
+    add_write(this);
+    ngx_add_timer(&connect_timer_, timeout);
+    return true;
+}
+
+bool RedisClient::send(std::string_view command, RedisCall *call, ngx_msec_t connect_timeout,
+                       ngx_msec_t reply_timeout) noexcept
+{
+    if (context_ == nullptr && !connect(connect_timeout)) {
+        return false;
+    }
+    // While hiredis tears a context down, it takes no new commands.
+    if (context_->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)) {
+        return false;
+    }
+    if (redisAsyncFormattedCommand(context_, on_reply, call, command.data(), command.size())
+        != REDIS_OK)
+    {
+        return false;
+    }
+    call->deadline = ngx_current_msec + reply_timeout;
+    pending_.push_back(call);
+    arm_reply_timer(reply_timeout);
+    return true;
+}
+
+// One timer covers every pending reply: it is set for the earliest
+// deadline known when it was armed, and re-armed when it fires early.
+void RedisClient::arm_reply_timer(ngx_msec_t timeout) noexcept
+{
+    if (reply_timer_.timer_set &&
+        static_cast<ngx_msec_int_t>(reply_timer_.timer.key - (ngx_current_msec + timeout)) <= 0)
+    {
+        return;
+    }
+    ngx_add_timer(&reply_timer_, timeout);
+}
+
+void RedisClient::on_reply(redisAsyncContext *ac, void *reply, void *privdata) noexcept
+{
+    auto *self = static_cast<RedisClient *>(ac->data);
+    auto *call = static_cast<RedisCall *>(privdata);
+
+    // hiredis answers in the order the commands went out.
+    if (!self->pending_.empty() && self->pending_.front() == call) {
+        self->pending_.pop_front();
+    }
+    if (self->pending_.empty() && self->reply_timer_.timer_set) {
+        ngx_del_timer(&self->reply_timer_);
+    }
+    call->on_reply(static_cast<const redisReply *>(reply));
+}
+
+void RedisClient::on_connected(const redisAsyncContext *ac, int status) noexcept
+{
+    auto *self = static_cast<RedisClient *>(ac->data);
+    if (status != REDIS_OK) {
+        // hiredis frees the context after this returns: cleanup() follows.
+        if (!self->failing_) {
+            ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: connect failed: %s",
+                          &self->name_, ac->errstr);
+        }
+        self->failing_ = true;
+        return;
+    }
+    self->connected_ = true;
+    if (self->connect_timer_.timer_set) {
+        ngx_del_timer(&self->connect_timer_);
+    }
+    if (self->failing_) {
+        ngx_log_error(NGX_LOG_NOTICE, self->log_, 0, "recording: redis %V: connected again",
+                      &self->name_);
+        self->failing_ = false;
+    }
+}
+
+void RedisClient::on_disconnected(const redisAsyncContext *ac, int status) noexcept
+{
+    auto *self = static_cast<RedisClient *>(ac->data);
+    if (status != REDIS_OK) {
+        ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: connection lost: %s",
+                      &self->name_, ac->errstr);
+        self->failing_ = true;
+    }
+}
+
+void RedisClient::on_readable(ngx_event_t *ev) noexcept
+{
+    auto *c = static_cast<ngx_connection_t *>(ev->data);
+    auto *self = static_cast<RedisClient *>(c->data);
+    if (self->context_ != nullptr) {
+        redisAsyncHandleRead(self->context_);  // may free the context and c
+    }
+}
+
+void RedisClient::on_writable(ngx_event_t *ev) noexcept
+{
+    auto *c = static_cast<ngx_connection_t *>(ev->data);
+    auto *self = static_cast<RedisClient *>(c->data);
+    if (self->context_ != nullptr) {
+        redisAsyncHandleWrite(self->context_);  // may free the context and c
+    }
+}
+
+void RedisClient::on_connect_timeout(ngx_event_t *ev) noexcept
+{
+    auto *self = static_cast<RedisClient *>(ev->data);
+    if (self->context_ == nullptr || self->connected_) {
+        return;
+    }
+    if (!self->failing_) {
+        ngx_log_error(NGX_LOG_ERR, self->log_, NGX_ETIMEDOUT, "recording: redis %V: connect timed out",
+                      &self->name_);
+    }
+    self->failing_ = true;
+    redisAsyncFree(self->context_);
+}
+
+void RedisClient::on_reply_timeout(ngx_event_t *ev) noexcept
+{
+    auto *self = static_cast<RedisClient *>(ev->data);
+    if (self->pending_.empty() || self->context_ == nullptr) {
+        return;
+    }
+    ngx_msec_t earliest = self->pending_.front()->deadline;
+    for (RedisCall *call : self->pending_) {
+        if (static_cast<ngx_msec_int_t>(call->deadline - earliest) < 0) {
+            earliest = call->deadline;
+        }
+    }
+    auto left = static_cast<ngx_msec_int_t>(earliest - ngx_current_msec);
+    if (left > 0) {
+        ngx_add_timer(&self->reply_timer_, static_cast<ngx_msec_t>(left));
+        return;
+    }
+    // Replies come in order, so nothing after the late one can come either.
+    ngx_log_error(NGX_LOG_ERR, self->log_, NGX_ETIMEDOUT,
+                  "recording: redis %V: no reply in time, dropping the connection", &self->name_);
+    self->failing_ = true;
+    redisAsyncFree(self->context_);
+}
+
+void RedisClient::watch(ngx_event_t *ev, ngx_int_t event, bool on) noexcept
+{
+    if (connection_ == nullptr || ev->active == static_cast<unsigned>(on)) {
+        return;
+    }
+    // NGX_LEVEL_EVENT: see the comment at the top of this file.
+    if (on) {
+        ngx_add_event(ev, event, NGX_LEVEL_EVENT);
+    } else {
+        ngx_del_event(ev, event, NGX_LEVEL_EVENT);
+    }
+}
+
+void RedisClient::add_read(void *self) noexcept
+{
+    auto *client = static_cast<RedisClient *>(self);
+    if (client->connection_ != nullptr) {
+        client->watch(client->connection_->read, NGX_READ_EVENT, true);
+    }
+}
+
+void RedisClient::del_read(void *self) noexcept
+{
+    auto *client = static_cast<RedisClient *>(self);
+    if (client->connection_ != nullptr) {
+        client->watch(client->connection_->read, NGX_READ_EVENT, false);
+    }
+}
+
+void RedisClient::add_write(void *self) noexcept
+{
+    auto *client = static_cast<RedisClient *>(self);
+    if (client->connection_ != nullptr) {
+        client->watch(client->connection_->write, NGX_WRITE_EVENT, true);
+    }
+}
+
+void RedisClient::del_write(void *self) noexcept
+{
+    auto *client = static_cast<RedisClient *>(self);
+    if (client->connection_ != nullptr) {
+        client->watch(client->connection_->write, NGX_WRITE_EVENT, false);
+    }
+}
+
+// hiredis is about to close the fd: forget it on nginx's side without
+// closing it a second time.
+void RedisClient::cleanup(void *self) noexcept
+{
+    static_cast<RedisClient *>(self)->release_connection();
+}
+
+void RedisClient::release_connection() noexcept
+{
+    if (connect_timer_.timer_set) {
+        ngx_del_timer(&connect_timer_);
+    }
+    if (reply_timer_.timer_set) {
+        ngx_del_timer(&reply_timer_);
+    }
+    ngx_connection_t *c = connection_;
+    if (c != nullptr) {
+        if (c->read->active) {
+            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+        }
+        if (c->write->active) {
+            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+        }
+        if (c->read->posted) {
+            ngx_delete_posted_event(c->read);
+        }
+        if (c->write->posted) {
+            ngx_delete_posted_event(c->write);
+        }
+        ngx_free_connection(c);
+        c->fd = static_cast<ngx_socket_t>(-1);
+    }
+    if (context_ != nullptr) {
+        // hiredis may call cleanup() again for this context, possibly after
+        // a pending callback made a new connection: keep it away from that.
+        context_->ev = {};
+    }
+    connection_ = nullptr;
+    context_ = nullptr;
+    connected_ = false;
+    pending_.clear();  // hiredis has answered every one with a null reply
+}

@@ -1,0 +1,179 @@
+// The site cache: answers from the Redis hashes recording:site:<id>, kept in
+// a shared-memory zone that every worker sees, so that a busy site costs one
+// lookup per TTL per server rather than one per request.
+//
+// An entry stays after it expires (until memory runs short and the least
+// recently used entries go): when Redis cannot answer, the last answer is
+// used rather than failing the batch. When an entry expires, the first
+// worker to see it takes a short lease and fetches; others meanwhile keep
+// using the old answer instead of fetching too.
+
+#include "ngx_http_recording_module.h"
+
+#include <new>
+
+namespace {
+
+struct site_node_t {
+    ngx_str_node_t     sn;        // key: the site id as in the URI
+    ngx_queue_t        lru;
+    ngx_msec_t         expires;
+    ngx_msec_t         lease_until;
+    uint8_t            status;    // recording::SiteStatus
+    double             sample_rate;
+    u_char             id[10];
+};
+
+struct site_cache_sh_t {
+    ngx_rbtree_t       tree;
+    ngx_rbtree_node_t  sentinel;
+    ngx_queue_t        lru;       // most recently used first
+};
+
+struct site_cache_t {
+    site_cache_sh_t   *sh;
+    ngx_slab_pool_t   *shpool;
+};
+
+ngx_str_t site_cache_name = ngx_string("recording_site_cache");
+
+bool expired(ngx_msec_t deadline) noexcept
+{
+    return static_cast<ngx_msec_int_t>(deadline - ngx_current_msec) <= 0;
+}
+
+site_node_t *find_locked(site_cache_t *cache, std::string_view site_id) noexcept
+{
+    ngx_str_t key = {site_id.size(), reinterpret_cast<u_char *>(const_cast<char *>(site_id.data()))};
+    uint32_t hash = ngx_crc32_short(key.data, key.len);
+    auto *sn = ngx_str_rbtree_lookup(&cache->sh->tree, &key, hash);
+    return reinterpret_cast<site_node_t *>(sn);
+}
+
+ngx_int_t init_zone(ngx_shm_zone_t *zone, void *data) noexcept
+{
+    auto *cache = static_cast<site_cache_t *>(zone->data);
+    if (data != nullptr) {
+        // A reload: keep the answers the previous cycle cached.
+        auto *old = static_cast<site_cache_t *>(data);
+        cache->sh = old->sh;
+        cache->shpool = old->shpool;
+        return NGX_OK;
+    }
+    cache->shpool = reinterpret_cast<ngx_slab_pool_t *>(zone->shm.addr);
+    if (zone->shm.exists) {
+        cache->sh = static_cast<site_cache_sh_t *>(cache->shpool->data);
+        return NGX_OK;
+    }
+    auto *sh = static_cast<site_cache_sh_t *>(ngx_slab_alloc(cache->shpool, sizeof(site_cache_sh_t)));
+    if (sh == nullptr) {
+        return NGX_ERROR;
+    }
+    cache->sh = sh;
+    cache->shpool->data = sh;
+    ngx_rbtree_init(&sh->tree, &sh->sentinel, ngx_str_rbtree_insert_value);
+    ngx_queue_init(&sh->lru);
+
+    static const char ctx[] = " in recording site cache zone \"recording_site_cache\"";
+    cache->shpool->log_ctx = static_cast<u_char *>(ngx_slab_alloc(cache->shpool, sizeof(ctx)));
+    if (cache->shpool->log_ctx != nullptr) {
+        ngx_memcpy(cache->shpool->log_ctx, ctx, sizeof(ctx));
+    }
+    cache->shpool->log_nomem = 0;  // a full zone evicts; no need to log
+    return NGX_OK;
+}
+
+site_node_t *allocate_locked(site_cache_t *cache) noexcept
+{
+    for (int attempt = 0; attempt < 16; attempt++) {
+        auto *node = static_cast<site_node_t *>(ngx_slab_alloc_locked(cache->shpool, sizeof(site_node_t)));
+        if (node != nullptr) {
+            return node;
+        }
+        if (ngx_queue_empty(&cache->sh->lru)) {
+            return nullptr;
+        }
+        ngx_queue_t *q = ngx_queue_last(&cache->sh->lru);
+        auto *victim = ngx_queue_data(q, site_node_t, lru);
+        ngx_queue_remove(q);
+        ngx_rbtree_delete(&cache->sh->tree, &victim->sn.node);
+        ngx_slab_free_locked(cache->shpool, victim);
+    }
+    return nullptr;
+}
+
+}  // namespace
+
+ngx_int_t ngx_http_recording_site_cache_init_zone(ngx_conf_t *cf, ngx_http_recording_main_conf_t *rmcf)
+{
+    auto *cache = static_cast<site_cache_t *>(ngx_pcalloc(cf->pool, sizeof(site_cache_t)));
+    if (cache == nullptr) {
+        return NGX_ERROR;
+    }
+    rmcf->site_cache = ngx_shared_memory_add(cf, &site_cache_name, static_cast<size_t>(rmcf->site_cache_size),
+                                             &ngx_http_recording_module);
+    if (rmcf->site_cache == nullptr) {
+        return NGX_ERROR;
+    }
+    if (rmcf->site_cache->data != nullptr) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "shared memory zone \"%V\" is already used",
+                           &site_cache_name);
+        return NGX_ERROR;
+    }
+    rmcf->site_cache->init = init_zone;
+    rmcf->site_cache->data = cache;
+    return NGX_OK;
+}
+
+ngx_http_recording_cached_site_t ngx_http_recording_site_cache_get(ngx_shm_zone_t *zone,
+                                                                   std::string_view site_id,
+                                                                   ngx_msec_t lease)
+{
+    auto *cache = static_cast<site_cache_t *>(zone->data);
+    ngx_http_recording_cached_site_t result{};
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+    site_node_t *node = find_locked(cache, site_id);
+    if (node != nullptr) {
+        ngx_queue_remove(&node->lru);
+        ngx_queue_insert_head(&cache->sh->lru, &node->lru);
+
+        result.found = true;
+        result.fresh = !expired(node->expires);
+        result.settings.status = static_cast<recording::SiteStatus>(node->status);
+        result.settings.sample_rate = node->sample_rate;
+        if (!result.fresh && expired(node->lease_until)) {
+            node->lease_until = ngx_current_msec + lease;
+            result.refresh = true;
+        }
+    }
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+    return result;
+}
+
+void ngx_http_recording_site_cache_put(ngx_shm_zone_t *zone, std::string_view site_id,
+                                       const recording::SiteSettings &settings, ngx_msec_t ttl)
+{
+    auto *cache = static_cast<site_cache_t *>(zone->data);
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+    site_node_t *node = find_locked(cache, site_id);
+    if (node == nullptr) {
+        node = allocate_locked(cache);
+        if (node != nullptr) {
+            ngx_memcpy(node->id, site_id.data(), site_id.size());
+            node->sn.str.len = site_id.size();
+            node->sn.str.data = node->id;
+            node->sn.node.key = ngx_crc32_short(node->id, site_id.size());
+            ngx_rbtree_insert(&cache->sh->tree, &node->sn.node);
+            ngx_queue_insert_head(&cache->sh->lru, &node->lru);
+        }
+    }
+    if (node != nullptr) {
+        node->status = static_cast<uint8_t>(settings.status);
+        node->sample_rate = settings.sample_rate;
+        node->expires = ngx_current_msec + ttl;
+        node->lease_until = 0;
+    }
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+}
