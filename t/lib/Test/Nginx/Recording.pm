@@ -32,6 +32,24 @@ package Test::Nginx::Recording;
 #   checks:         error_code response_body response_body_like response_headers
 #                   response_headers_like error_log no_error_log
 #   Test::Base:     ONLY SKIP LAST
+# Each check section is ONE test (all its lines together).  redis_check alone
+# only runs the commands; add redis_check_result or redis_check_like to test.
+# Blocks run in order: FLUSHALL + redis_setup, start nginx, request,
+# redis_check, stop nginx (SIGQUIT), then the log checks on that block's log.
+# must_die blocks only run `nginx -t` and check its output.
+#
+# Procedural API (for what blocks cannot express):
+#   start_nginx(config => ..., http_config => ..., main_config => ...,
+#               no_default_redis => 1)         dies with the log tail on failure
+#   reload_nginx(%same_sections_or_none)       1 ok, 0 config rejected
+#   stop_nginx()                               1 if the graceful stop worked
+#   http_request(method, uri, headers => [N => v, ...], body, timeout, raw)
+#     -> {status, headers => {lc name => 'v1, v2'}, raw_headers, body, raw, error}
+#   error_log_text() servroot() server_port() html_dir()
+#   redis_cmd(@args) redis_cmd_raw(@args) redis_port() redis_start()
+#   redis_stop() redis_restart()
+#   gzip_bytes($s) deflate_bytes($s) raw_deflate_bytes($s)
+#
 # `$TEST_NGINX_FOO` in config sections and more_headers is replaced by
 # $ENV{TEST_NGINX_FOO}; the harness sets TEST_NGINX_SERVER_PORT,
 # TEST_NGINX_REDIS_PORT, TEST_NGINX_HTML_DIR and TEST_NGINX_SERVROOT.
@@ -638,7 +656,8 @@ sub http_request {
     my (undef, $send_err) = _write_all($sock, $data, $deadline);
     my $raw = '';
     my $ok = eval { 1 while _read_some($sock, \$raw, $deadline); 1 };
-    my $read_err = $ok ? undef : $@;
+    chomp(my $read_err = $ok ? '' : $@);
+    undef $read_err unless length $read_err;
     close $sock;
     $res->{raw} = $raw;
     my $parse_err = _parse_response($res, $raw);
