@@ -32,6 +32,9 @@ package Test::Nginx::Recording;
 #   checks:         error_code response_body response_body_like response_headers
 #                   response_headers_like error_log no_error_log
 #   Test::Base:     ONLY SKIP LAST
+# add_block_preprocessor(sub { my $block = shift; ... }) runs before each
+# block, e.g. to give every block a default config:
+#   $block->set_value(config => $default) unless defined $block->config;
 # Each check section is ONE test (all its lines together).  redis_check alone
 # only runs the commands; add redis_check_result or redis_check_like to test.
 # Blocks run in order: FLUSHALL + redis_setup, start nginx, request,
@@ -91,7 +94,7 @@ use Compress::Raw::Zlib ();
 use IO::Compress::Gzip ();
 
 our @EXPORT = qw(
-    run_tests planned_tests repeat_each
+    run_tests planned_tests repeat_each add_block_preprocessor
     start_nginx stop_nginx reload_nginx http_request error_log_text
     servroot server_port html_dir
     redis_cmd redis_cmd_raw redis_port redis_start redis_stop redis_restart
@@ -660,7 +663,8 @@ sub http_request {
     undef $read_err unless length $read_err;
     close $sock;
     $res->{raw} = $raw;
-    my $parse_err = _parse_response($res, $raw);
+    my $head_only = !defined $a{raw} && ($a{method} // '') eq 'HEAD';
+    my $parse_err = _parse_response($res, $raw, $head_only);
     $res->{error} = join '; ', grep { defined } $parse_err, $read_err, $send_err
         if defined $parse_err || defined $read_err;
     return $res;
@@ -668,7 +672,7 @@ sub http_request {
 
 # Fill status/headers/body of $res from the raw bytes; returns an error or undef.
 sub _parse_response {
-    my ($res, $rest) = @_;
+    my ($res, $rest, $head_only) = @_;
     while (1) {
         my $end = index($rest, "\r\n\r\n");
         return length $rest ? 'incomplete response header' : 'empty response' if $end < 0;
@@ -687,6 +691,10 @@ sub _parse_response {
         last unless $res->{status} =~ /^1/ && $res->{status} != 101;   # skip "100 Continue"
     }
     my $h = $res->{headers};
+    if ($head_only || $res->{status} =~ /^(?:204|304)$/) {
+        $res->{body} = $rest;   # no body, whatever Content-Length says
+        return undef;
+    }
     if (($h->{'transfer-encoding'} || '') =~ /chunked/i) {
         my $body = '';
         while ($rest =~ s/\A([0-9a-fA-F]+)[^\r\n]*\r\n//) {
@@ -732,15 +740,29 @@ sub _tests_for_block {
     return 1 + grep { _has($block, $_) } @checks;
 }
 
+# As Test::Nginx: subs that may fill in sections a block leaves out (a
+# shared --- config, say) before the block runs or is counted.
+my @block_preprocessors;
+sub add_block_preprocessor { push @block_preprocessors, @_ }
+
+sub _prepared_blocks {
+    my @blocks = blocks();
+    for my $block (@blocks) {
+        next if $block->{_preprocessed}++;
+        $_->($block) for @block_preprocessors;
+    }
+    return @blocks;
+}
+
 sub planned_tests {
     my $n = 0;
-    $n += _tests_for_block($_) for blocks();
+    $n += _tests_for_block($_) for _prepared_blocks();
     return $n;
 }
 
 sub run_tests {
     plan('no_plan') unless Test::Builder->new->has_plan;
-    for my $block (blocks()) {
+    for my $block (_prepared_blocks()) {
         my $tb     = Test::Builder->new;
         my $before = $tb->current_test;
         next if eval { _run_block($block); 1 };

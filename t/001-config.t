@@ -1,0 +1,243 @@
+# Configuration: the block operators use works as written, and nginx -t
+# rejects bad values with a message naming the directive.
+use lib 't/lib';
+use Test::Nginx::Recording;
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: the documented configuration block works as written
+--- config
+    location ~ "^/v1/sites/(?<site_id>[0-9]{1,10})/recordings$" {
+        recording_ingest;
+        recording_site_id $site_id;
+        recording_queue_shards 4;
+        recording_country $http_cloudfront_viewer_country;
+    }
+--- redis_setup
+HSET recording:site:1 enabled 1
+--- request
+POST /v1/sites/1/recordings
+{"session_id":"abc","seq":0,"events":[{"type":3,"timestamp":1}]}
+--- error_code: 202
+--- response_body: {"status":"queued"}
+--- redis_check
+LLEN recording:queue:2
+--- redis_check_result
+1
+
+
+
+=== TEST 2: recording_ingest needs recording_site_id
+--- config
+    location /r {
+        recording_ingest;
+    }
+--- must_die
+--- error_log
+"recording_ingest" requires "recording_site_id"
+
+
+
+=== TEST 3: recording_site_id may come from an enclosing level
+--- http_config
+    recording_site_id $arg_site;
+--- config
+    location /r {
+        recording_ingest;
+    }
+--- redis_setup
+HSET recording:site:5 enabled 1
+--- request
+POST /r?site=5
+{"session_id":"abc","seq":0,"events":[{"type":3,"timestamp":1}]}
+--- error_code: 202
+
+
+
+=== TEST 4: recording_ingest takes no arguments
+--- config
+    location /r {
+        recording_ingest on;
+        recording_site_id 1;
+    }
+--- must_die
+--- error_log
+invalid number of arguments in "recording_ingest" directive
+
+
+
+=== TEST 5: recording_ingest belongs in a location
+--- config
+    recording_ingest;
+--- must_die
+--- error_log
+"recording_ingest" directive is not allowed here
+
+
+
+=== TEST 6: queue shards must be at least 1
+--- config
+    location /r {
+        recording_ingest;
+        recording_site_id 1;
+        recording_queue_shards 0;
+    }
+--- must_die
+--- error_log
+"recording_queue_shards" must be between 1 and 65536, not "0"
+
+
+
+=== TEST 7: queue shards must be a number
+--- config
+    location /r {
+        recording_ingest;
+        recording_site_id 1;
+        recording_queue_shards four;
+    }
+--- must_die
+--- error_log
+"recording_queue_shards" directive invalid number
+
+
+
+=== TEST 8: queue shards have an upper bound
+--- config
+    location /r {
+        recording_queue_shards 65537;
+    }
+--- must_die
+--- error_log
+"recording_queue_shards" must be between 1 and 65536, not "65537"
+
+
+
+=== TEST 9: the decoded-size limit must be a size
+--- config
+    location /r {
+        recording_max_decoded_size 2x;
+    }
+--- must_die
+--- error_log
+"recording_max_decoded_size" directive invalid value
+
+
+
+=== TEST 10: the decoded-size limit cannot be zero
+--- config
+    location /r {
+        recording_max_decoded_size 0;
+    }
+--- must_die
+--- error_log
+"recording_max_decoded_size" must be between 1 and 1073741824, not "0"
+
+
+
+=== TEST 11: timeouts must be times
+--- http_config
+    recording_redis_read_timeout soon;
+--- must_die
+--- error_log
+"recording_redis_read_timeout" directive invalid value
+
+
+
+=== TEST 12: timeouts cannot be zero
+--- http_config
+    recording_redis_connect_timeout 0s;
+--- must_die
+--- error_log
+"recording_redis_connect_timeout" must be at least 1, not "0s"
+
+
+
+=== TEST 13: the depth limit leaves room for events
+--- config
+    location /r {
+        recording_max_depth 2;
+    }
+--- must_die
+--- error_log
+"recording_max_depth" must be between 3 and 100000, not "2"
+
+
+
+=== TEST 14: the events limit must be positive
+--- config
+    location /r {
+        recording_max_events 0;
+    }
+--- must_die
+--- error_log
+"recording_max_events" must be between 1 and 1000000, not "0"
+
+
+
+=== TEST 15: a bad Redis port
+--- config
+    location /r {
+        recording_redis 127.0.0.1:99999;
+    }
+--- must_die
+--- error_log
+invalid port in "recording_redis" address "127.0.0.1:99999"
+
+
+
+=== TEST 16: a Redis host that does not resolve
+--- config
+    location /r {
+        recording_redis redis.invalid:6379;
+    }
+--- must_die
+--- error_log
+host not found in "recording_redis" address "redis.invalid:6379"
+
+
+
+=== TEST 17: recording_redis twice at one level
+--- config
+    location /r {
+        recording_redis 127.0.0.1:6379;
+        recording_redis 127.0.0.1:6380;
+    }
+--- must_die
+--- error_log
+"recording_redis" directive is duplicate
+
+
+
+=== TEST 18: the site cache zone has a minimum size
+--- http_config
+    recording_site_cache_size 4k;
+--- must_die
+--- error_log
+"recording_site_cache_size" must be at least 32768, not "4k"
+
+
+
+=== TEST 19: the site cache size is an http-level setting
+--- config
+    location /r {
+        recording_site_cache_size 1m;
+    }
+--- must_die
+--- error_log
+"recording_site_cache_size" directive is not allowed here
+
+
+
+=== TEST 20: a site id that is not 1 to 10 digits is an unknown site
+--- config
+    location /r {
+        recording_ingest;
+        recording_site_id $arg_site;
+    }
+--- request
+POST /r?site=12345678901
+{"session_id":"abc","seq":0,"events":[{"type":3,"timestamp":1}]}
+--- error_code: 404
+--- response_body: {"error":"unknown_site"}
