@@ -134,6 +134,11 @@ void RedisClient::on_reply(redisAsyncContext *ac, void *reply, void *privdata) n
     if (self->pending_.empty() && self->reply_timer_.timer_set) {
         ngx_del_timer(&self->reply_timer_);
     }
+    if (reply != nullptr && self->failing_) {
+        ngx_log_error(NGX_LOG_NOTICE, self->log_, 0, "recording: redis %V: answering again",
+                      &self->name_);
+        self->failing_ = false;
+    }
     call->on_reply(static_cast<const redisReply *>(reply));
 }
 
@@ -153,19 +158,18 @@ void RedisClient::on_connected(const redisAsyncContext *ac, int status) noexcept
     if (self->connect_timer_.timer_set) {
         ngx_del_timer(&self->connect_timer_);
     }
-    if (self->failing_) {
-        ngx_log_error(NGX_LOG_NOTICE, self->log_, 0, "recording: redis %V: connected again",
-                      &self->name_);
-        self->failing_ = false;
-    }
+    // Recovery is declared on the first reply: a server that accepts
+    // connections but never answers has not recovered.
 }
 
 void RedisClient::on_disconnected(const redisAsyncContext *ac, int status) noexcept
 {
     auto *self = static_cast<RedisClient *>(ac->data);
     if (status != REDIS_OK) {
-        ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: connection lost: %s",
-                      &self->name_, ac->errstr);
+        if (!self->failing_) {
+            ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: connection lost: %s",
+                          &self->name_, ac->errstr);
+        }
         self->failing_ = true;
     }
 }
@@ -220,8 +224,10 @@ void RedisClient::on_reply_timeout(ngx_event_t *ev) noexcept
         return;
     }
     // Replies come in order, so nothing after the late one can come either.
-    ngx_log_error(NGX_LOG_ERR, self->log_, NGX_ETIMEDOUT,
-                  "recording: redis %V: no reply in time, dropping the connection", &self->name_);
+    if (!self->failing_) {
+        ngx_log_error(NGX_LOG_ERR, self->log_, NGX_ETIMEDOUT,
+                      "recording: redis %V: no reply in time, dropping the connection", &self->name_);
+    }
     self->failing_ = true;
     redisAsyncFree(self->context_);
 }

@@ -69,7 +69,9 @@ private:
     redisAsyncContext *context_ = nullptr;
     ngx_connection_t *connection_ = nullptr;
     bool connected_ = false;
-    bool failing_ = false;  // the last attempt failed; log recovery once
+    // Redis is failing (connect, loss, timeout): errors are logged once per
+    // change of state, and the recovery when a reply comes again.
+    bool failing_ = false;
     std::deque<RedisCall *> pending_;
 
     ngx_event_t connect_timer_{};

@@ -1,0 +1,702 @@
+# The module's Redis connection: losing and regaining it, timeouts, refused
+# connections, unix sockets, error replies, large elements, pipelining, and
+# clients that go away while their batch is in flight.  Every scenario checks
+# both the HTTP answers and what ended up in Redis.
+use strict;
+use warnings;
+
+use lib 't/lib';
+use Test::Nginx::Recording;
+use IO::Socket::INET ();
+use IO::Socket::UNIX ();
+use IO::Select ();
+use Socket ();
+use JSON::PP ();
+use POSIX ();
+use Time::HiRes qw(time sleep);
+
+my $JSON = JSON::PP->new->canonical;
+my $QUEUE = 'recording:queue:0';   # shards default to 1
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+# The ingest location; $extra goes inside it (e.g. a recording_redis line).
+sub ingest_config {
+    my ($extra) = @_;
+    $extra //= '';
+    return <<"CONF";
+        location ~ "^/v1/sites/(?<site_id>[0-9]{1,10})/recordings\$" {
+            recording_ingest;
+            recording_site_id \$site_id;
+            add_header X-Pid \$pid always;
+            $extra
+        }
+CONF
+}
+
+sub batch_json {
+    my ($session, $seq) = @_;
+    return qq({"session_id":"$session","seq":) . ($seq // 0)
+         . qq(,"events":[{"type":2,"timestamp":1700000000000,"data":{"adds":[]}}]});
+}
+
+sub post_batch {
+    my ($site, $body, %o) = @_;
+    return http_request(method => 'POST', uri => "/v1/sites/$site/recordings",
+                        body => $body, timeout => $o{timeout} // 5,
+                        headers => ['Content-Type' => 'application/json',
+                                    @{ $o{headers} || [] }]);
+}
+
+sub enable_site { redis_cmd('HSET', "recording:site:$_[0]", 'enabled', 1, 'sample_rate', 1) }
+
+sub queue_elements { return @{ redis_cmd('LRANGE', $QUEUE, 0, -1) } }
+
+# The element without its `_ingest` member: the client's bytes.
+sub strip_ingest {
+    my ($element) = @_;
+    (my $s = $element) =~ s/,"_ingest":\{[^{}]*\}(?=\}\z)//;
+    return $s;
+}
+
+sub count_matches {
+    my ($text, $re) = @_;
+    my $n = () = $text =~ /$re/g;
+    return $n;
+}
+
+# [alert]/[crit]/[emerg] lines or crashed workers in the current error log.
+sub crash_lines {
+    return grep { /\[(?:alert|crit|emerg)\]|exited on signal/ } split /\n/, error_log_text();
+}
+
+sub no_crash {
+    my ($name) = @_;
+    my @bad = crash_lines();
+    ok(!@bad, "$name: no alert/crit/emerg/crash in error.log") or diag(join "\n", @bad);
+}
+
+sub poll_until {
+    my ($timeout, $cond) = @_;
+    my $deadline = time + $timeout;
+    while (1) {
+        return 1 if $cond->();
+        return 0 if time >= $deadline;
+        sleep 0.05;
+    }
+}
+
+# A port with nothing listening on it.
+sub closed_port {
+    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                  Proto => 'tcp', Listen => 1) or die "bind: $@";
+    my $port = $s->sockport;
+    close $s;
+    return $port;
+}
+
+# A fake "Redis" in a forked child (killed at the end; it also exits by
+# itself after 60 s or when we die).  It accepts connections and reads what
+# comes; then, by $mode:
+#   silent   never answers;
+#   close    closes the connection as soon as a command arrives;
+#   garbage  answers every read with bytes that are not RESP.
+my @CHILDREN;
+my $OWNER = $$;
+sub start_fake_redis {
+    my ($mode) = @_;
+    my $listener = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                         Proto => 'tcp', Listen => 128, ReuseAddr => 1)
+        or die "fake redis: $@";
+    my $port = $listener->sockport;
+    my $parent = $$;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        $SIG{$_} = sub { POSIX::_exit(0) } for qw(TERM INT HUP);
+        $SIG{PIPE} = 'IGNORE';
+        my $sel = IO::Select->new($listener);
+        my $until = time + 60;
+        while (time < $until && getppid() == $parent) {
+            for my $fh ($sel->can_read(0.2)) {
+                if ($fh == $listener) {
+                    my $c = $listener->accept or next;
+                    $sel->add($c);
+                    next;
+                }
+                my $n = sysread($fh, my $buf, 65536);
+                if (defined $n && $n > 0) {
+                    next if $mode eq 'silent';
+                    syswrite($fh, "?this is not RESP\r\n") if $mode eq 'garbage';
+                    next if $mode eq 'garbage';
+                }
+                $sel->remove($fh);
+                close $fh;
+            }
+        }
+        POSIX::_exit(0);
+    }
+    close $listener;
+    push @CHILDREN, $pid;
+    return ($port, $pid);
+}
+
+sub start_silent_server { return start_fake_redis('silent') }
+
+sub stop_child {
+    my ($pid) = @_;
+    return unless $pid;
+    kill TERM => $pid;
+    my $deadline = time + 3;
+    while (time < $deadline) {
+        return if waitpid($pid, POSIX::WNOHANG()) != 0;
+        sleep 0.02;
+    }
+    kill KILL => $pid;
+    waitpid($pid, 0);
+}
+
+END {
+    if ($$ == $OWNER) {
+        local ($?, $!, $@);
+        stop_child($_) for @CHILDREN;
+    }
+}
+
+# Sends $n raw requests on $n connections opened at once; returns the raw
+# responses (undef for a connection that got nothing) within $timeout.
+sub concurrent_requests {
+    my ($timeout, @requests) = @_;
+    local $SIG{PIPE} = 'IGNORE';
+    my $deadline = time + $timeout;
+    my (@socks, %out, %in, %done, %idx);
+    for my $i (0 .. $#requests) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => server_port(),
+                                      Proto => 'tcp', Timeout => 3) or die "connect: $@";
+        $s->blocking(0);
+        push @socks, $s;
+        $idx{"$s"} = $i;
+        $out{$i} = $requests[$i];
+        $in{$i} = '';
+    }
+    my $rsel = IO::Select->new(@socks);
+    my $wsel = IO::Select->new(@socks);
+    while (($rsel->count || $wsel->count) && time < $deadline) {
+        my ($r, $w) = IO::Select->select($rsel, $wsel, undef, $deadline - time);
+        for my $s (@{ $w || [] }) {
+            my $i = $idx{"$s"};
+            my $n = syswrite($s, $out{$i});
+            if (defined $n) {
+                substr($out{$i}, 0, $n) = '';
+                $wsel->remove($s) unless length $out{$i};
+            } elsif (!$!{EAGAIN} && !$!{EINTR}) {
+                $wsel->remove($s);
+            }
+        }
+        for my $s (@{ $r || [] }) {
+            my $i = $idx{"$s"};
+            my $n = sysread($s, $in{$i}, 65536, length $in{$i});
+            next if !defined $n && ($!{EAGAIN} || $!{EINTR});
+            next if $n;
+            $rsel->remove($s);
+            $wsel->remove($s);
+        }
+    }
+    close $_ for @socks;
+    return map { length $in{$_} ? $in{$_} : undef } 0 .. $#requests;
+}
+
+sub raw_post {
+    my ($site, $body) = @_;
+    return "POST /v1/sites/$site/recordings HTTP/1.1\r\nHost: localhost\r\n"
+         . "Connection: close\r\nContent-Type: application/json\r\n"
+         . 'Content-Length: ' . length($body) . "\r\n\r\n$body";
+}
+
+sub status_of { return ($_[0] // '') =~ m{^HTTP/1\.\d (\d{3})} ? $1 : undef }
+
+# Writes a whole request and closes the connection without reading.
+sub post_and_hang_up {
+    my ($site, $body) = @_;
+    local $SIG{PIPE} = 'IGNORE';
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => server_port(),
+                                  Proto => 'tcp', Timeout => 3) or die "connect: $@";
+    my $data = raw_post($site, $body);
+    while (length $data) {
+        my $n = syswrite($s, $data) // die "write: $!";
+        substr($data, 0, $n) = '';
+    }
+    close $s;
+}
+
+# ---------------------------------------------------------------------------
+# 1. Redis restarted between two batches: the second one reconnects.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'restart';
+    redis_start();
+    redis_cmd('FLUSHALL');
+    enable_site(1);
+    start_nginx(config => ingest_config());
+
+    my $res = post_batch(1, batch_json('before-restart'));
+    is($res->{status}, 202, "$t: batch before the restart is queued");
+    is($res->{body}, '{"status":"queued"}', "$t: queued body");
+    my @el = queue_elements();
+    is(scalar @el, 1, "$t: one element in Redis before the restart");
+    like($el[0] // '', qr/"session_id":"before-restart"/, "$t: it is the first batch");
+
+    redis_restart();   # empty again: no persistence
+    enable_site(1);
+    ok(poll_until(3, sub { error_log_text() =~ /recording: redis \S+: connection lost/ }),
+       "$t: the worker noticed the lost connection")
+        or diag(join "\n", grep { /recording:/ } split /\n/, error_log_text());
+
+    $res = post_batch(1, batch_json('after-restart'));
+    is($res->{status}, 202, "$t: batch after the restart is queued (reconnected)");
+    @el = queue_elements();
+    is(scalar @el, 1, "$t: it landed in the restarted Redis");
+    like($el[0] // '', qr/"session_id":"after-restart"/, "$t: and it is the second batch");
+
+    my $log = error_log_text();
+    like($log, qr/\[error\].*recording: redis 127\.0\.0\.1:\d+: connection lost/,
+         "$t: error log has 'connection lost'");
+    like($log, qr/\[notice\].*recording: redis 127\.0\.0\.1:\d+: answering again/,
+         "$t: error log has 'answering again'");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+}
+
+# ---------------------------------------------------------------------------
+# 2. Redis stopped, site not cached: 503 with CORS headers; started: 202.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'redis down, site unknown to the cache';
+    redis_start();
+    redis_cmd('FLUSHALL');
+    start_nginx(config => ingest_config());   # a new zone: nothing cached
+    redis_stop();
+
+    my $res = post_batch(2, batch_json('down1'),
+                         headers => [Origin => 'https://shop.example']);
+    is($res->{status}, 503, "$t: 503");
+    is($res->{body}, '{"error":"queue_unavailable"}', "$t: queue_unavailable body");
+    is($res->{headers}{'content-type'}, 'application/json', "$t: JSON content type");
+    is($res->{headers}{'access-control-allow-origin'}, 'https://shop.example',
+       "$t: Access-Control-Allow-Origin still present");
+    is($res->{headers}{'access-control-allow-credentials'}, 'true',
+       "$t: Access-Control-Allow-Credentials still present");
+    is($res->{headers}{'vary'}, 'Origin', "$t: Vary: Origin still present");
+    like(error_log_text(), qr/\[error\].*recording: redis 127\.0\.0\.1:\d+: connect failed/,
+         "$t: 'connect failed' logged");
+
+    redis_start();
+    enable_site(2);
+    is(redis_cmd('LLEN', $QUEUE), 0, "$t: nothing queued while Redis was down");
+    $res = post_batch(2, batch_json('up1'));
+    is($res->{status}, 202, "$t: 202 once Redis is back");
+    my @el = queue_elements();
+    is(scalar @el, 1, "$t: one element after Redis came back");
+    like($el[0] // '', qr/"session_id":"up1"/, "$t: the batch sent after the restart");
+    like(error_log_text(), qr/recording: redis \S+: answering again/,
+         "$t: 'answering again' logged after the failure");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+}
+
+# ---------------------------------------------------------------------------
+# 3. Redis stopped after the site was cached: settings from the cache, the
+#    push fails => 503.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'redis down, site cached';
+    redis_start();
+    redis_cmd('FLUSHALL');
+    enable_site(3);
+    start_nginx(config => ingest_config());
+    my $res = post_batch(3, batch_json('cached1'));
+    is($res->{status}, 202, "$t: first batch queued (site now cached)");
+    is(redis_cmd('LLEN', $QUEUE), 1, "$t: first batch landed");
+
+    redis_stop();
+    $res = post_batch(3, batch_json('cached2'));
+    is($res->{status}, 503, "$t: 503 when the push cannot be made");
+    is($res->{body}, '{"error":"queue_unavailable"}', "$t: queue_unavailable body");
+
+    redis_start();   # empty: the site is only known to the cache now
+    $res = post_batch(3, batch_json('cached3'));
+    is($res->{status}, 202, "$t: after Redis is back, the cached settings still serve");
+    my @el = queue_elements();
+    is(scalar @el, 1, "$t: only the batch sent after the restart is there");
+    like($el[0] // '', qr/"session_id":"cached3"/, "$t: and it is that batch");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+}
+
+# ---------------------------------------------------------------------------
+# 4. A Redis that never answers: the read timeout bounds the wait.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'silent redis';
+    my ($port, $pid) = start_silent_server();
+    start_nginx(no_default_redis => 1, config => ingest_config(<<"R"));
+            recording_redis 127.0.0.1:$port;
+            recording_redis_read_timeout 300ms;
+R
+    my $t0 = time;
+    my $res = post_batch(4, batch_json('silent1'), timeout => 5);
+    my $took = time - $t0;
+    is($res->{status}, 503, "$t: 503 when Redis does not answer");
+    is($res->{body}, '{"error":"queue_unavailable"}', "$t: queue_unavailable body");
+    cmp_ok($took, '>=', 0.25, "$t: the module waited for the read timeout (${took}s)");
+    cmp_ok($took, '<', 3, "$t: and not much longer (${took}s)");
+
+    $t0 = time;
+    my $res2 = post_batch(4, batch_json('silent2'), timeout => 5);
+    $took = time - $t0;
+    is($res2->{status}, 503, "$t: the worker still answers a second request with 503");
+    cmp_ok($took, '<', 3, "$t: second answer also bounded (${took}s)");
+    is($res2->{headers}{'x-pid'}, $res->{headers}{'x-pid'}, "$t: same worker answered both");
+
+    my $log = error_log_text();
+    is(count_matches($log, qr/recording: redis 127\.0\.0\.1:$port: no reply in time, dropping the connection/),
+       1, "$t: the timeout is logged once for two requests (once per change of state)");
+    unlike($log, qr/answering again/, "$t: a server that never answers is not reported as recovered");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+    stop_child($pid);
+}
+
+# ---------------------------------------------------------------------------
+# 4b. Redis drops the connection with the command unanswered, or answers
+#     with bytes that are not RESP: 503 at once (not after the read
+#     timeout), the loss is logged, and the worker goes on.
+# ---------------------------------------------------------------------------
+for my $mode (qw(close garbage)) {
+    my $t = "fake redis ($mode)";
+    my ($port, $pid) = start_fake_redis($mode);
+    start_nginx(no_default_redis => 1, config => ingest_config(<<"R"));
+            recording_redis 127.0.0.1:$port;
+            recording_redis_read_timeout 5s;
+R
+    my (@status, @pids);
+    my $slowest = 0;
+    for my $i (1 .. 3) {
+        my $t0 = time;
+        my $res = post_batch(4, batch_json("$mode$i"), timeout => 8);
+        $slowest = time - $t0 if time - $t0 > $slowest;
+        push @status, $res->{status} // 'none';
+        push @pids, $res->{headers}{'x-pid'} // 'none';
+    }
+    is("@status", '503 503 503', "$t: 503 for each request");
+    cmp_ok($slowest, '<', 2, "$t: answered without waiting for the 5s read timeout (slowest ${slowest}s)");
+    is(scalar(keys %{{ map { $_ => 1 } @pids }}), 1, "$t: one worker answered all (no crash)");
+    like(error_log_text(), qr/recording: redis 127\.0\.0\.1:$port: connection lost/,
+         "$t: 'connection lost' logged");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+    stop_child($pid);
+}
+
+# ---------------------------------------------------------------------------
+# 5. Nothing listening: immediate 503, "connect failed" logged once.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'closed port';
+    my $port = closed_port();
+    start_nginx(no_default_redis => 1, config => ingest_config(<<"R"));
+            recording_redis 127.0.0.1:$port;
+            recording_redis_connect_timeout 5s;
+            recording_redis_read_timeout 5s;
+R
+    my @status;
+    my $slowest = 0;
+    for my $i (1 .. 5) {
+        my $t0 = time;
+        push @status, post_batch(5, batch_json("closed$i"), timeout => 5)->{status};
+        $slowest = time - $t0 if time - $t0 > $slowest;
+    }
+    is("@status", '503 503 503 503 503', "$t: every request is answered 503");
+    cmp_ok($slowest, '<', 1, "$t: immediately, not after a timeout (slowest ${slowest}s)");
+    my $log = error_log_text();
+    is(count_matches($log, qr/recording: redis 127\.0\.0\.1:$port: connect failed/), 1,
+       "$t: 'connect failed' is logged once for five requests")
+        or diag(join "\n", grep { /connect failed/ } split /\n/, $log);
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+}
+
+# ---------------------------------------------------------------------------
+# 5b. recording_redis_connect_timeout: a listener whose accept queue is full
+#     drops our SYNs, so the connect never completes.
+# ---------------------------------------------------------------------------
+SKIP: {
+    my $t = 'connect timeout';
+    my $listener = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                         Proto => 'tcp', Listen => 1) or die "bind: $@";
+    my $port = $listener->sockport;
+    my @fill;
+    my $pending = 0;
+    for (1 .. 8) {   # connect until one stays pending: the queue is full
+        my $s = IO::Socket::INET->new(Proto => 'tcp') or die "socket: $!";
+        $s->blocking(0);
+        connect($s, Socket::pack_sockaddr_in($port, Socket::inet_aton('127.0.0.1')));
+        push @fill, $s;
+        next if IO::Select->new($s)->can_write(0.3);
+        $pending = 1;
+        last;
+    }
+    skip "$t: this kernel does not drop SYNs on a full accept queue", 7 unless $pending;
+
+    start_nginx(no_default_redis => 1, config => ingest_config(<<"R"));
+            recording_redis 127.0.0.1:$port;
+            recording_redis_connect_timeout 300ms;
+            recording_redis_read_timeout 5s;
+R
+    my @took;
+    my @status;
+    for my $i (1 .. 2) {
+        my $t0 = time;
+        push @status, post_batch(5, batch_json("ctimeout$i"), timeout => 5)->{status};
+        push @took, time - $t0;
+    }
+    is("@status", '503 503', "$t: 503 when the connect does not complete");
+    cmp_ok($took[0], '>=', 0.25, "$t: after the connect timeout ($took[0]s)");
+    cmp_ok($took[0], '<', 3, "$t: not after the 5s read timeout ($took[0]s)");
+    cmp_ok($took[1], '<', 3, "$t: second request bounded too ($took[1]s)");
+    my $log = error_log_text();
+    is(count_matches($log, qr/recording: redis 127\.0\.0\.1:$port: connect timed out/), 1,
+       "$t: 'connect timed out' logged once for two requests")
+        or diag(join "\n", grep { /recording:/ } split /\n/, $log);
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+    close $_ for @fill, $listener;
+}
+
+# ---------------------------------------------------------------------------
+# 6. A unix socket address.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'unix socket';
+    my $dir = servroot() . '/redis-unix';
+    mkdir $dir;
+    my $path = "$dir/redis.sock";
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$dir/redis.stdout";
+        open STDERR, '>&', \*STDOUT;
+        { exec 'redis-server', '--port', '0', '--unixsocket', $path, '--unixsocketperm', '777',
+               '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--dir', $dir; }
+        POSIX::_exit(127);
+    }
+    push @CHILDREN, $pid;
+
+    # Minimal RESP over the unix socket.
+    my $ucmd = sub {
+        my @args = @_;
+        my $s = IO::Socket::UNIX->new(Peer => $path) or return undef;
+        $s->blocking(0);
+        my $req = '*' . @args . "\r\n" . join '', map { '$' . length($_) . "\r\n$_\r\n" } @args;
+        my $buf = '';
+        local $SIG{PIPE} = 'IGNORE';
+        syswrite($s, $req);
+        my $reply = eval { Test::Nginx::Recording::_resp_parse($s, \$buf, time + 3) };
+        close $s;
+        return $reply;
+    };
+    ok(poll_until(5, sub { (($ucmd->('PING') // '') eq 'PONG') }), "$t: redis on $path is up");
+    $ucmd->('HSET', 'recording:site:6', 'enabled', '1');
+
+    start_nginx(no_default_redis => 1,
+                config => ingest_config("recording_redis unix:$path;"));
+    my $res = post_batch(6, batch_json('unix1'));
+    is($res->{status}, 202, "$t: 202 through the unix socket");
+    my $el = $ucmd->('LRANGE', $QUEUE, 0, -1) || [];
+    is(scalar @$el, 1, "$t: the element is in the unix-socket Redis");
+    like($el->[0] // '', qr/"session_id":"unix1"/, "$t: it is the batch");
+    my $ingest = eval { $JSON->decode($el->[0])->{_ingest} } || {};
+    is($ingest->{site_id}, 6, "$t: with its _ingest");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+    stop_child($pid);
+}
+
+# ---------------------------------------------------------------------------
+# 7. Clients hanging up while their batch is in flight.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'hang-up, silent redis';
+    my ($port, $pid) = start_silent_server();
+    start_nginx(no_default_redis => 1, config => ingest_config(<<"R"));
+            recording_redis 127.0.0.1:$port;
+            recording_redis_read_timeout 1s;
+R
+    my $first = post_batch(7, batch_json('hup0'), timeout => 5);
+    is($first->{status}, 503, "$t: baseline 503 from the silent Redis");
+    my $worker = $first->{headers}{'x-pid'};
+    ok($worker, "$t: worker pid known ($worker)");
+
+    post_and_hang_up(7, batch_json('hup1'));
+    post_and_hang_up(7, batch_json('hup2'));
+    sleep 1.5;   # past the read timeout: the in-flight calls are answered
+    my $res = post_batch(7, batch_json('hup3'), timeout => 5);
+    is($res->{status}, 503, "$t: the worker still answers after the timeout");
+    is($res->{headers}{'x-pid'}, $worker, "$t: same worker pid (it did not crash)");
+    ok(kill(0 => $worker), "$t: worker process alive");
+    my $log = error_log_text();
+    unlike($log, qr/\[alert\]|exited on signal/, "$t: no [alert] or crash in the log");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+    stop_child($pid);
+}
+{
+    my $t = 'hang-up, real redis';
+    redis_start();
+    redis_cmd('FLUSHALL');
+    enable_site(7);
+    start_nginx(config => ingest_config());
+    my $first = post_batch(7, batch_json('live0'));
+    is($first->{status}, 202, "$t: baseline 202");
+    my $worker = $first->{headers}{'x-pid'};
+    post_and_hang_up(7, batch_json("live-$_")) for 1 .. 50;
+    my $landed = 0;
+    poll_until(2, sub { ($landed = redis_cmd('LLEN', $QUEUE)) >= 51 });
+    is($landed, 51, "$t: all 50 batches of the hung-up clients landed (plus the baseline)");
+    my %seen = map { /"session_id":"(live-\d+)"/ ? ($1 => 1) : () } queue_elements();
+    is(scalar keys %seen, 50, "$t: 50 distinct sessions");
+    my $res = post_batch(7, batch_json('live-after'));
+    is($res->{status}, 202, "$t: worker healthy afterwards");
+    is($res->{headers}{'x-pid'}, $worker, "$t: same worker pid");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+}
+
+# ---------------------------------------------------------------------------
+# 8. An error reply: RPUSH onto a string.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'error reply';
+    redis_start();
+    redis_cmd('FLUSHALL');
+    enable_site(8);
+    redis_cmd('SET', $QUEUE, 'x');
+    start_nginx(config => ingest_config());
+    my $res = post_batch(8, batch_json('wrongtype'));
+    is($res->{status}, 503, "$t: 503 when Redis refuses the RPUSH");
+    is($res->{body}, '{"error":"queue_unavailable"}', "$t: queue_unavailable body");
+    is(redis_cmd('GET', $QUEUE), 'x', "$t: the key is untouched");
+    like(error_log_text(), qr/\[warn\].*recording: redis refused RPUSH: WRONGTYPE/,
+         "$t: warn line 'redis refused RPUSH'");
+
+    # The connection survives an error reply.
+    redis_cmd('DEL', $QUEUE);
+    $res = post_batch(8, batch_json('after-wrongtype'));
+    is($res->{status}, 202, "$t: next batch queued on the same connection");
+    is(redis_cmd('LLEN', $QUEUE), 1, "$t: and it landed");
+    unlike(error_log_text(), qr/connection lost/, "$t: the connection was not dropped");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+}
+
+# ---------------------------------------------------------------------------
+# 9. A ~1.5 MB batch: writes and replies above hiredis's 16 KiB chunks.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'large element';
+    redis_start();
+    redis_cmd('FLUSHALL');
+    enable_site(9);
+    start_nginx(config => ingest_config(), http_config => 'client_max_body_size 4m;');
+    my @events;
+    my $i = 0;
+    my $len = 0;
+    while ($len < 1_500_000) {
+        my $e = qq({"type":3,"timestamp":) . (1700000000000 + $i)
+              . qq(,"data":{"source":0,"texts":[],"adds":[{"id":$i,"node":"}) . ('x' x 1000) . qq("}]}});
+        push @events, $e;
+        $len += length($e) + 1;
+        $i++;
+    }
+    my $body = qq({"session_id":"big","seq":7,"events":[) . join(',', @events)
+             . qq(],"page_id":"p/1","n":1.23456789012345678});
+    cmp_ok(length $body, '>', 1_400_000, "$t: body is " . length($body) . ' bytes');
+    my $t0 = time;
+    my $res = post_batch(9, $body, timeout => 10);
+    is($res->{status}, 202, "$t: queued");
+    cmp_ok(time - $t0, '<', 3, "$t: without stalling");
+    my @el = queue_elements();
+    is(scalar @el, 1, "$t: one element");
+    ok(defined $el[0] && strip_ingest($el[0]) eq $body,
+       "$t: element is byte-identical to the body apart from _ingest")
+        or diag('element length ' . length($el[0] // '') . ', body length ' . length $body);
+    like($el[0] // '', qr/,"_ingest":\{"site_id":9,/, "$t: _ingest added");
+
+    # A second, small batch on the same connection after the big one.
+    $res = post_batch(9, batch_json('small-after-big'));
+    is($res->{status}, 202, "$t: next batch after the big one queued");
+    is(redis_cmd('LLEN', $QUEUE), 2, "$t: and landed");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+}
+
+# ---------------------------------------------------------------------------
+# 9b. A reply bigger than hiredis's 16 KiB read: the HMGET answer carries a
+#     sample_rate padded with 200 KB of white space (still the number 1).
+# ---------------------------------------------------------------------------
+{
+    my $t = 'large reply';
+    redis_start();
+    redis_cmd('FLUSHALL');
+    redis_cmd('HSET', 'recording:site:19', 'enabled', '1', 'sample_rate', '1' . (' ' x 200_000));
+    start_nginx(config => ingest_config(<<"R"));
+            recording_redis_read_timeout 3s;
+R
+    my $t0 = time;
+    my $res = post_batch(19, batch_json('big-reply'), timeout => 8);
+    my $took = time - $t0;
+    is($res->{status}, 202, "$t: queued");
+    cmp_ok($took, '<', 1.5, "$t: the reply was read without waiting for more data (${took}s)");
+    my @el = queue_elements();
+    is(scalar @el, 1, "$t: the element landed");
+    like($el[0] // '', qr/"session_id":"big-reply"/, "$t: it is the batch");
+    unlike(error_log_text(), qr/no reply in time/, "$t: no reply timeout");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+}
+
+# ---------------------------------------------------------------------------
+# 10. 200 concurrent requests: pipelined on one connection.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'pipelining';
+    redis_start();
+    redis_cmd('FLUSHALL');
+    enable_site(10);
+    start_nginx(config => ingest_config());
+    redis_cmd('CONFIG', 'RESETSTAT');
+    my $connections = sub { (redis_cmd('INFO', 'stats') =~ /total_connections_received:(\d+)/)[0] };
+    my $before = $connections->();
+    my $n = 200;
+    my @raw = concurrent_requests(15, map { raw_post(10, batch_json("pipe-$_")) } 1 .. $n);
+    # Each harness command has its own connection (the INFO just below too).
+    is($connections->() - $before - 1, 1, "$t: the worker used one Redis connection for all");
+    my %codes;
+    $codes{ status_of($_) // 'none' }++ for @raw;
+    is_deeply(\%codes, { 202 => $n }, "$t: all $n answered 202");
+    my %seen = map { /"session_id":"(pipe-\d+)"/ ? ($1 => 1) : () } queue_elements();
+    is(scalar keys %seen, $n, "$t: $n distinct elements landed");
+    is(redis_cmd('LLEN', $QUEUE), $n, "$t: and nothing else");
+    my $stats = redis_cmd('INFO', 'commandstats');
+    my ($hmget) = $stats =~ /cmdstat_hmget:calls=(\d+)/;
+    my ($rpush) = $stats =~ /cmdstat_rpush:calls=(\d+)/;
+    is($rpush, $n, "$t: $n RPUSH calls");
+    is($hmget, 1, "$t: one site lookup for the burst");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+}
+
+Test::More::done_testing();
