@@ -69,8 +69,6 @@ target_include_directories(ngx_http_recording_module SYSTEM PRIVATE
     ${NGINX_OBJS_DIR}
 )
 target_include_directories(ngx_http_recording_module PRIVATE src)
-target_compile_definitions(ngx_http_recording_module PRIVATE
-    RECORDING_VERSION="${PROJECT_VERSION}")
 target_link_libraries(ngx_http_recording_module PRIVATE recording_core PkgConfig::HIREDIS)
 # Only what nginx's loader needs leaves the .so.
 target_link_options(ngx_http_recording_module PRIVATE
