@@ -31,10 +31,8 @@ struct ValidatedBatch {
 
 // Checks the document against CONTRACT.md's body rules, in the contract's
 // order: JSON (strict RFC 8259, valid UTF-8, an object, no duplicate keys at
-// the top level or in an event, depth), session_id, seq, events.
-//
-// `document` must be followed in memory by a NUL byte (document.data()
-// [document.size()] == '\0'), as std::string and BodyDecoder guarantee.
+// the top level or in an event, depth), session_id, seq, events. Nothing
+// outside `document` is read.
 ValidatedBatch validate_batch(std::string_view document, const ValidationLimits& limits);
 
 }  // namespace recording

@@ -71,9 +71,27 @@ BodyDecoder::~BodyDecoder() = default;
 
 void BodyDecoder::expect_input(size_t encoded_size)
 {
+    if (encoding_ == ContentEncoding::identity) {
+        // Exactly the body; one byte more than the limit tells it is over.
+        resize_output(std::min(max_decoded_size_ + 1, encoded_size));
+        return;
+    }
     // Compressed recordings typically inflate five- to tenfold.
-    size_t guess = encoding_ == ContentEncoding::compressed ? encoded_size * 8 : encoded_size;
-    output_.resize(std::min(max_decoded_size_ + 1, std::max(guess, kMinRoom)));
+    size_t guess = std::max(encoded_size, kMinRoom / 8) * 8;
+    resize_output(std::min(max_decoded_size_ + 1, guess));
+}
+
+void BodyDecoder::resize_output(size_t capacity)
+{
+    if (capacity <= capacity_) {
+        return;
+    }
+    std::unique_ptr<char[]> bigger(new char[capacity]);  // not zeroed: it is written before read
+    if (used_ != 0) {
+        std::memcpy(bigger.get(), output_.get(), used_);
+    }
+    output_ = std::move(bigger);
+    capacity_ = capacity;
 }
 
 DecodeStatus BodyDecoder::fail(DecodeStatus status) noexcept
@@ -99,10 +117,11 @@ DecodeStatus BodyDecoder::feed_identity(const unsigned char* data, size_t size)
     if (size > max_decoded_size_ - used_) {
         return fail(DecodeStatus::too_large);
     }
-    if (output_.size() < used_ + size) {
-        output_.resize(std::max(used_ + size, std::min(max_decoded_size_, output_.size() * 2)));
+    if (capacity_ < used_ + size) {
+        // Geometric growth (a chunked body comes in many pieces), within the limit.
+        resize_output(std::max(used_ + size, std::min(max_decoded_size_, std::max(capacity_ * 2, kMinRoom))));
     }
-    std::memcpy(&output_[used_], data, size);
+    std::memcpy(output_.get() + used_, data, size);
     used_ += size;
     return status_;
 }
@@ -115,10 +134,10 @@ bool BodyDecoder::make_room()
     if (used_ >= cap) {
         return false;
     }
-    if (output_.size() > used_) {
+    if (capacity_ > used_) {
         return true;
     }
-    output_.resize(std::min(cap, std::max(output_.size() * 2, kMinRoom)));
+    resize_output(std::min(cap, std::max(capacity_ * 2, kMinRoom)));
     return true;
 }
 
@@ -159,8 +178,8 @@ DecodeStatus BodyDecoder::inflate_available()
         if (!make_room()) {
             return fail(DecodeStatus::too_large);
         }
-        size_t room = output_.size() - used_;
-        z.stream.next_out = reinterpret_cast<unsigned char*>(&output_[used_]);
+        size_t room = capacity_ - used_;
+        z.stream.next_out = reinterpret_cast<unsigned char*>(output_.get() + used_);
         z.stream.avail_out = static_cast<uInt>(room);
 
         int rc = inflate(&z.stream, Z_NO_FLUSH);
@@ -199,22 +218,12 @@ DecodeStatus BodyDecoder::finish()
         return status_;
     }
     if (encoding_ == ContentEncoding::compressed) {
-        if (inflater_ && inflater_->output_pending) {
-            inflater_->stream.avail_in = 0;
-            if (inflate_available() != DecodeStatus::ok) {
-                return status_;
-            }
-        }
+        // Output zlib still holds means the stream has not ended: truncated.
         bool complete = inflater_ && inflater_->any_member_ended && !inflater_->in_member;
         if (!complete) {
             return fail(DecodeStatus::invalid);  // empty or truncated
         }
     }
-    // The validator reads up to a terminating NUL.
-    if (output_.size() <= used_) {
-        output_.resize(used_ + 1);
-    }
-    output_[used_] = '\0';
     return status_;
 }
 

@@ -4,7 +4,6 @@
 
 #include <cstddef>
 #include <memory>
-#include <string>
 #include <string_view>
 
 namespace recording {
@@ -42,22 +41,26 @@ public:
     // Ends the body: a compressed stream must have ended exactly here.
     DecodeStatus finish();
 
-    // The decoded document; complete, and followed by a NUL byte, once
-    // finish() returned ok.
-    std::string_view decoded() const noexcept { return {output_.data(), used_}; }
+    // The decoded document; complete once finish() returned ok.
+    std::string_view decoded() const noexcept { return {output_.get(), used_}; }
 
 private:
     DecodeStatus feed_identity(const unsigned char* data, size_t size);
     DecodeStatus feed_compressed(const unsigned char* data, size_t size);
     DecodeStatus inflate_available();
     bool make_room();
+    void resize_output(size_t capacity);
     DecodeStatus fail(DecodeStatus status) noexcept;
 
     struct Inflater;
 
     ContentEncoding encoding_;
     size_t max_decoded_size_;
-    std::string output_;  // used_ bytes are decoded, the rest is room
+    // used_ bytes are decoded, up to capacity_ is room. Managed by hand:
+    // std::string and std::vector may double their allocation when they
+    // grow, and this buffer must stay within the limit.
+    std::unique_ptr<char[]> output_;
+    size_t capacity_ = 0;
     size_t used_ = 0;
     DecodeStatus status_ = DecodeStatus::ok;
     std::unique_ptr<Inflater> inflater_;

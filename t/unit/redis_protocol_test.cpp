@@ -1,3 +1,76 @@
 #include <gtest/gtest.h>
 
+#include <string>
+
+#include "batch_validator.h"
+#include "enrichment.h"
 #include "redis_protocol.h"
+
+using namespace recording;
+
+TEST(QueueKey, IsRecordingQueueAndTheShard)
+{
+    EXPECT_EQ(queue_key(0), "recording:queue:0");
+    EXPECT_EQ(queue_key(3), "recording:queue:3");
+    EXPECT_EQ(queue_key(4294967295u), "recording:queue:4294967295");
+}
+
+TEST(FormatCommand, EncodesEveryArgumentAsABulkString)
+{
+    EXPECT_EQ(format_command({"PING"}), "*1\r\n$4\r\nPING\r\n");
+    EXPECT_EQ(format_command({"SELECT", "3"}), "*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n");
+    EXPECT_EQ(format_command({"AUTH", "user", "p a\r\nss"}),
+              "*3\r\n$4\r\nAUTH\r\n$4\r\nuser\r\n$7\r\np a\r\nss\r\n");
+}
+
+TEST(FormatCommand, EmptyArgumentAndBinaryBytes)
+{
+    EXPECT_EQ(format_command({"ECHO", ""}), "*2\r\n$4\r\nECHO\r\n$0\r\n\r\n");
+    std::string binary("a\0b\xFF", 4);
+    EXPECT_EQ(format_command({"ECHO", binary}), std::string("*2\r\n$4\r\nECHO\r\n$4\r\na\0b\xFF\r\n", 24));
+}
+
+TEST(FormatCommand, NoArguments)
+{
+    EXPECT_EQ(format_command({}), "*0\r\n");
+}
+
+TEST(FormatSiteLookup, IsHmgetOfTheSiteHashWithTheUriSiteId)
+{
+    EXPECT_EQ(format_site_lookup("007"),
+              "*4\r\n$5\r\nHMGET\r\n$18\r\nrecording:site:007\r\n$7\r\nenabled\r\n$11\r\nsample_rate\r\n");
+    EXPECT_EQ(format_site_lookup("1234567890"),
+              "*4\r\n$5\r\nHMGET\r\n$25\r\nrecording:site:1234567890\r\n$7\r\nenabled\r\n$11\r\nsample_rate\r\n");
+}
+
+TEST(FormatRpush, PushesTheQueueElementToTheKey)
+{
+    std::string document = R"({"session_id":"a","seq":0,"events":[{"type":2,"timestamp":1}]})";
+    ValidatedBatch batch = validate_batch(document, ValidationLimits{});
+    ASSERT_TRUE(batch.valid);
+    QueueElement element(document, batch, R"(,"_ingest":{})");
+    std::string expected_element = R"({"session_id":"a","seq":0,"events":[{"type":2,"timestamp":1}],"_ingest":{}})";
+    ASSERT_EQ(element.str(), expected_element);
+    ASSERT_EQ(expected_element.size(), 75u);
+
+    EXPECT_EQ(format_rpush(queue_key(3), element),
+              "*3\r\n$5\r\nRPUSH\r\n$17\r\nrecording:queue:3\r\n$75\r\n" + expected_element + "\r\n");
+}
+
+TEST(FormatRpush, LengthCountsBytesOfTheWholeElement)
+{
+    // Multi-byte UTF-8 and a removed client `_ingest`: the length is of the
+    // element as pushed.
+    std::string document =
+        "{\"_ingest\":1,\"session_id\":\"a\",\"seq\":0,\"page\":\"\xC3\xA9\",\"events\":[{\"type\":2,\"timestamp\":1}]}";
+    ValidatedBatch batch = validate_batch(document, ValidationLimits{});
+    ASSERT_TRUE(batch.valid);
+    QueueElement element(document, batch, ",\"_ingest\":\"\xE2\x82\xAC\"");
+    std::string pushed = element.str();
+    EXPECT_EQ(pushed,
+              "{\"session_id\":\"a\",\"seq\":0,\"page\":\"\xC3\xA9\",\"events\":[{\"type\":2,\"timestamp\":1}],"
+              "\"_ingest\":\"\xE2\x82\xAC\"}");
+    EXPECT_EQ(element.size(), pushed.size());
+    EXPECT_EQ(format_rpush("k", element),
+              "*3\r\n$5\r\nRPUSH\r\n$1\r\nk\r\n$" + std::to_string(pushed.size()) + "\r\n" + pushed + "\r\n");
+}
