@@ -22,20 +22,6 @@ my $QUEUE = 'recording:queue:0';   # shards default to 1
 # Helpers
 # ---------------------------------------------------------------------------
 
-# The ingest location; $extra goes inside it (e.g. a recording_redis line).
-sub ingest_config {
-    my ($extra) = @_;
-    $extra //= '';
-    return <<"CONF";
-        location ~ "^/v1/sites/(?<site_id>[0-9]{1,10})/recordings\$" {
-            recording_ingest;
-            recording_site_id \$site_id;
-            add_header X-Pid \$pid always;
-            $extra
-        }
-CONF
-}
-
 sub batch_json {
     my ($session, $seq) = @_;
     return qq({"session_id":"$session","seq":) . ($seq // 0)
@@ -59,33 +45,6 @@ sub strip_ingest {
     my ($element) = @_;
     (my $s = $element) =~ s/,"_ingest":\{[^{}]*\}(?=\}\z)//;
     return $s;
-}
-
-sub count_matches {
-    my ($text, $re) = @_;
-    my $n = () = $text =~ /$re/g;
-    return $n;
-}
-
-# [alert]/[crit]/[emerg] lines or crashed workers in the current error log.
-sub crash_lines {
-    return grep { /\[(?:alert|crit|emerg)\]|exited on signal/ } split /\n/, error_log_text();
-}
-
-sub no_crash {
-    my ($name) = @_;
-    my @bad = crash_lines();
-    ok(!@bad, "$name: no alert/crit/emerg/crash in error.log") or diag(join "\n", @bad);
-}
-
-sub poll_until {
-    my ($timeout, $cond) = @_;
-    my $deadline = time + $timeout;
-    while (1) {
-        return 1 if $cond->();
-        return 0 if time >= $deadline;
-        sleep 0.05;
-    }
 }
 
 # A port with nothing listening on it.
@@ -165,49 +124,6 @@ END {
     }
 }
 
-# Sends $n raw requests on $n connections opened at once; returns the raw
-# responses (undef for a connection that got nothing) within $timeout.
-sub concurrent_requests {
-    my ($timeout, @requests) = @_;
-    local $SIG{PIPE} = 'IGNORE';
-    my $deadline = time + $timeout;
-    my (@socks, %out, %in, %done, %idx);
-    for my $i (0 .. $#requests) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => server_port(),
-                                      Proto => 'tcp', Timeout => 3) or die "connect: $@";
-        $s->blocking(0);
-        push @socks, $s;
-        $idx{"$s"} = $i;
-        $out{$i} = $requests[$i];
-        $in{$i} = '';
-    }
-    my $rsel = IO::Select->new(@socks);
-    my $wsel = IO::Select->new(@socks);
-    while (($rsel->count || $wsel->count) && time < $deadline) {
-        my ($r, $w) = IO::Select->select($rsel, $wsel, undef, $deadline - time);
-        for my $s (@{ $w || [] }) {
-            my $i = $idx{"$s"};
-            my $n = syswrite($s, $out{$i});
-            if (defined $n) {
-                substr($out{$i}, 0, $n) = '';
-                $wsel->remove($s) unless length $out{$i};
-            } elsif (!$!{EAGAIN} && !$!{EINTR}) {
-                $wsel->remove($s);
-            }
-        }
-        for my $s (@{ $r || [] }) {
-            my $i = $idx{"$s"};
-            my $n = sysread($s, $in{$i}, 65536, length $in{$i});
-            next if !defined $n && ($!{EAGAIN} || $!{EINTR});
-            next if $n;
-            $rsel->remove($s);
-            $wsel->remove($s);
-        }
-    }
-    close $_ for @socks;
-    return map { length $in{$_} ? $in{$_} : undef } 0 .. $#requests;
-}
-
 sub raw_post {
     my ($site, $body) = @_;
     return "POST /v1/sites/$site/recordings HTTP/1.1\r\nHost: localhost\r\n"
@@ -239,7 +155,7 @@ sub post_and_hang_up {
     redis_start();
     redis_cmd('FLUSHALL');
     enable_site(1);
-    start_nginx(config => ingest_config());
+    start_nginx(config => ingest_location());
 
     my $res = post_batch(1, batch_json('before-restart'));
     is($res->{status}, 202, "$t: batch before the restart is queued");
@@ -276,7 +192,7 @@ sub post_and_hang_up {
     my $t = 'redis down, site unknown to the cache';
     redis_start();
     redis_cmd('FLUSHALL');
-    start_nginx(config => ingest_config());   # a new zone: nothing cached
+    start_nginx(config => ingest_location());   # a new zone: nothing cached
     redis_stop();
 
     my $res = post_batch(2, batch_json('down1'),
@@ -315,7 +231,7 @@ sub post_and_hang_up {
     redis_start();
     redis_cmd('FLUSHALL');
     enable_site(3);
-    start_nginx(config => ingest_config());
+    start_nginx(config => ingest_location());
     my $res = post_batch(3, batch_json('cached1'));
     is($res->{status}, 202, "$t: first batch queued (site now cached)");
     is(redis_cmd('LLEN', $QUEUE), 1, "$t: first batch landed");
@@ -341,7 +257,7 @@ sub post_and_hang_up {
 {
     my $t = 'silent redis';
     my ($port, $pid) = start_silent_server();
-    start_nginx(no_default_redis => 1, config => ingest_config(<<"R"));
+    start_nginx(no_default_redis => 1, config => ingest_location(<<"R"));
             recording_redis 127.0.0.1:$port;
             recording_redis_read_timeout 300ms;
 R
@@ -377,7 +293,7 @@ R
 for my $mode (qw(close garbage)) {
     my $t = "fake redis ($mode)";
     my ($port, $pid) = start_fake_redis($mode);
-    start_nginx(no_default_redis => 1, config => ingest_config(<<"R"));
+    start_nginx(no_default_redis => 1, config => ingest_location(<<"R"));
             recording_redis 127.0.0.1:$port;
             recording_redis_read_timeout 5s;
 R
@@ -406,7 +322,7 @@ R
 {
     my $t = 'closed port';
     my $port = closed_port();
-    start_nginx(no_default_redis => 1, config => ingest_config(<<"R"));
+    start_nginx(no_default_redis => 1, config => ingest_location(<<"R"));
             recording_redis 127.0.0.1:$port;
             recording_redis_connect_timeout 5s;
             recording_redis_read_timeout 5s;
@@ -450,7 +366,7 @@ SKIP: {
     }
     skip "$t: this kernel does not drop SYNs on a full accept queue", 7 unless $pending;
 
-    start_nginx(no_default_redis => 1, config => ingest_config(<<"R"));
+    start_nginx(no_default_redis => 1, config => ingest_location(<<"R"));
             recording_redis 127.0.0.1:$port;
             recording_redis_connect_timeout 300ms;
             recording_redis_read_timeout 5s;
@@ -512,7 +428,7 @@ R
     $ucmd->('HSET', 'recording:site:6', 'enabled', '1');
 
     start_nginx(no_default_redis => 1,
-                config => ingest_config("recording_redis unix:$path;"));
+                config => ingest_location("recording_redis unix:$path;"));
     my $res = post_batch(6, batch_json('unix1'));
     is($res->{status}, 202, "$t: 202 through the unix socket");
     my $el = $ucmd->('LRANGE', $QUEUE, 0, -1) || [];
@@ -531,7 +447,7 @@ R
 {
     my $t = 'hang-up, silent redis';
     my ($port, $pid) = start_silent_server();
-    start_nginx(no_default_redis => 1, config => ingest_config(<<"R"));
+    start_nginx(no_default_redis => 1, config => ingest_location(<<"R"));
             recording_redis 127.0.0.1:$port;
             recording_redis_read_timeout 1s;
 R
@@ -558,7 +474,7 @@ R
     redis_start();
     redis_cmd('FLUSHALL');
     enable_site(7);
-    start_nginx(config => ingest_config());
+    start_nginx(config => ingest_location());
     my $first = post_batch(7, batch_json('live0'));
     is($first->{status}, 202, "$t: baseline 202");
     my $worker = $first->{headers}{'x-pid'};
@@ -584,7 +500,7 @@ R
     redis_cmd('FLUSHALL');
     enable_site(8);
     redis_cmd('SET', $QUEUE, 'x');
-    start_nginx(config => ingest_config());
+    start_nginx(config => ingest_location());
     my $res = post_batch(8, batch_json('wrongtype'));
     is($res->{status}, 503, "$t: 503 when Redis refuses the RPUSH");
     is($res->{body}, '{"error":"queue_unavailable"}', "$t: queue_unavailable body");
@@ -610,7 +526,7 @@ R
     redis_start();
     redis_cmd('FLUSHALL');
     enable_site(9);
-    start_nginx(config => ingest_config(), http_config => 'client_max_body_size 4m;');
+    start_nginx(config => ingest_location(), http_config => 'client_max_body_size 4m;');
     my @events;
     my $i = 0;
     my $len = 0;
@@ -652,7 +568,7 @@ R
     redis_start();
     redis_cmd('FLUSHALL');
     redis_cmd('HSET', 'recording:site:19', 'enabled', '1', 'sample_rate', '1' . (' ' x 200_000));
-    start_nginx(config => ingest_config(<<"R"));
+    start_nginx(config => ingest_location(<<"R"));
             recording_redis_read_timeout 3s;
 R
     my $t0 = time;
@@ -676,7 +592,7 @@ R
     redis_start();
     redis_cmd('FLUSHALL');
     enable_site(10);
-    start_nginx(config => ingest_config());
+    start_nginx(config => ingest_location());
     redis_cmd('CONFIG', 'RESETSTAT');
     my $connections = sub { (redis_cmd('INFO', 'stats') =~ /total_connections_received:(\d+)/)[0] };
     my $before = $connections->();

@@ -9,7 +9,6 @@ use Test::Nginx::Recording;
 use JSON::PP ();
 use Time::HiRes qw(time sleep);
 use IO::Socket::INET ();
-use IO::Select ();
 
 my $JSON = JSON::PP->new;
 my $QUEUE = 'recording:queue:0';   # shards default to 1
@@ -17,19 +16,6 @@ my $QUEUE = 'recording:queue:0';   # shards default to 1
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
-
-sub ingest_config {
-    my ($extra) = @_;
-    $extra //= '';
-    return <<"CONF";
-        location ~ "^/v1/sites/(?<site_id>[0-9]{1,10})/recordings\$" {
-            recording_ingest;
-            recording_site_id \$site_id;
-            add_header X-Pid \$pid always;
-            $extra
-        }
-CONF
-}
 
 my $SEQ = 0;
 sub batch_json {
@@ -50,63 +36,10 @@ sub hmget_calls {
     return $calls // 0;
 }
 
-sub crash_lines {
-    return grep { /\[(?:alert|crit|emerg)\]|exited on signal/ } split /\n/, error_log_text();
-}
-
-sub no_crash {
-    my ($name) = @_;
-    my @bad = crash_lines();
-    ok(!@bad, "$name: no alert/crit/emerg/crash in error.log") or diag(join "\n", @bad);
-}
-
 sub fresh_redis {
     redis_start();
     redis_cmd('FLUSHALL');
     redis_cmd('CONFIG', 'RESETSTAT');
-}
-
-# Sends the raw requests on as many connections opened at once; returns the
-# raw responses (undef where nothing came) within $timeout seconds.
-sub concurrent_requests {
-    my ($timeout, @requests) = @_;
-    local $SIG{PIPE} = 'IGNORE';
-    my $deadline = time + $timeout;
-    my (@socks, %out, %in, %idx);
-    for my $i (0 .. $#requests) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => server_port(),
-                                      Proto => 'tcp', Timeout => 3) or die "connect: $@";
-        $s->blocking(0);
-        push @socks, $s;
-        $idx{"$s"} = $i;
-        $out{$i} = $requests[$i];
-        $in{$i} = '';
-    }
-    my $rsel = IO::Select->new(@socks);
-    my $wsel = IO::Select->new(@socks);
-    while (($rsel->count || $wsel->count) && time < $deadline) {
-        my ($r, $w) = IO::Select->select($rsel, $wsel, undef, $deadline - time);
-        for my $s (@{ $w || [] }) {
-            my $i = $idx{"$s"};
-            my $n = syswrite($s, $out{$i});
-            if (defined $n) {
-                substr($out{$i}, 0, $n) = '';
-                $wsel->remove($s) unless length $out{$i};
-            } elsif (!$!{EAGAIN} && !$!{EINTR}) {
-                $wsel->remove($s);
-            }
-        }
-        for my $s (@{ $r || [] }) {
-            my $i = $idx{"$s"};
-            my $n = sysread($s, $in{$i}, 65536, length $in{$i});
-            next if !defined $n && ($!{EAGAIN} || $!{EINTR});
-            next if $n;
-            $rsel->remove($s);
-            $wsel->remove($s);
-        }
-    }
-    close $_ for @socks;
-    return map { length $in{$_} ? $in{$_} : undef } 0 .. $#requests;
 }
 
 sub raw_post {
@@ -132,7 +65,7 @@ sub sleep_past {
     fresh_redis();
     redis_cmd('HSET', 'recording:site:1', 'enabled', '1', 'sample_rate', '1');
     start_nginx(main_config => 'worker_processes 2;',
-                config => ingest_config('recording_site_cache_ttl 60s;'));
+                config => ingest_location('recording_site_cache_ttl 60s;'));
 
     my (%codes, %pids);
     my $sent = 0;
@@ -160,7 +93,7 @@ sub sleep_past {
     my $t = 'ttl';
     fresh_redis();
     redis_cmd('HSET', 'recording:site:2', 'enabled', '1');
-    start_nginx(config => ingest_config('recording_site_cache_ttl 1s;'));
+    start_nginx(config => ingest_location('recording_site_cache_ttl 1s;'));
 
     my $t0 = time;
     is(post_batch(2, 'ttl-a')->{status}, 202, "$t: enabled site: 202");
@@ -189,7 +122,7 @@ sub sleep_past {
 {
     my $t = 'unknown site cached';
     fresh_redis();
-    start_nginx(config => ingest_config('recording_site_cache_ttl 1s;'));
+    start_nginx(config => ingest_location('recording_site_cache_ttl 1s;'));
 
     my $t0 = time;
     my $res = post_batch(3, 'unknown-a');
@@ -219,7 +152,7 @@ sub sleep_past {
     my $t = 'stale answer';
     fresh_redis();
     redis_cmd('HSET', 'recording:site:4', 'enabled', '1');
-    start_nginx(config => ingest_config('recording_site_cache_ttl 1s;'));
+    start_nginx(config => ingest_location('recording_site_cache_ttl 1s;'));
 
     my $t0 = time;
     is(post_batch(4, 'stale-a')->{status}, 202, "$t: cached as enabled");
@@ -249,7 +182,7 @@ sub sleep_past {
     my $t = 'sample_rate change';
     fresh_redis();
     redis_cmd('HSET', 'recording:site:5', 'enabled', '1', 'sample_rate', '1');
-    start_nginx(config => ingest_config('recording_site_cache_ttl 1s;'));
+    start_nginx(config => ingest_location('recording_site_cache_ttl 1s;'));
 
     my $t0 = time;
     is(post_batch(5, 'rate-a')->{status}, 202, "$t: rate 1: 202");
@@ -276,7 +209,7 @@ sub sleep_past {
     fresh_redis();
     redis_cmd('HSET', 'recording:site:007', 'enabled', '1');
     redis_cmd('HSET', 'recording:site:7', 'enabled', '0');
-    start_nginx(config => ingest_config());
+    start_nginx(config => ingest_location());
 
     my $res = post_batch('007', 'zeros-a');
     is($res->{status}, 202, "$t: /v1/sites/007 uses recording:site:007 (enabled): 202");
@@ -312,7 +245,7 @@ sub sleep_past {
     fresh_redis();
     redis_cmd('HSET', 'recording:site:1', 'enabled', '1');
     start_nginx(http_config => 'recording_site_cache_size 32k;',
-                config => ingest_config('recording_site_cache_ttl 60s;'));
+                config => ingest_location('recording_site_cache_ttl 60s;'));
 
     is(post_batch(1, 'evict-a')->{status}, 202, "$t: site 1 cached as enabled");
     my $n = 400;   # far more answers than 32 KiB hold
@@ -343,7 +276,7 @@ sub sleep_past {
     fresh_redis();
     redis_cmd('HSET', 'recording:site:8', 'enabled', '1');
     start_nginx(main_config => 'worker_processes 2;',
-                config => ingest_config('recording_site_cache_ttl 1s;'));
+                config => ingest_location('recording_site_cache_ttl 1s;'));
 
     is(post_batch(8, 'lease-0')->{status}, 202, "$t: cached");
     my ($rounds, $both, $total, %codes) = (0, 0, 1);

@@ -99,6 +99,7 @@ our @EXPORT = qw(
     servroot server_port html_dir
     redis_cmd redis_cmd_raw redis_port redis_start redis_stop redis_restart
     gzip_bytes deflate_bytes raw_deflate_bytes
+    concurrent_requests poll_until count_matches crash_lines no_crash ingest_location
 );
 
 # --------------------------------------------------------------------------
@@ -714,6 +715,97 @@ sub _parse_response {
     }
     $res->{body} = $rest;
     return undef;
+}
+
+# --------------------------------------------------------------------------
+# Helpers for procedural tests
+
+# Sends the raw requests on as many connections opened at once; returns the
+# raw responses (undef where nothing came) within $timeout seconds.
+sub concurrent_requests {
+    my ($timeout, @requests) = @_;
+    local $SIG{PIPE} = 'IGNORE';
+    my $deadline = time + $timeout;
+    my (@socks, %out, %in, %done, %idx);
+    for my $i (0 .. $#requests) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => server_port(),
+                                      Proto => 'tcp', Timeout => 3) or die "connect: $@";
+        $s->blocking(0);
+        push @socks, $s;
+        $idx{"$s"} = $i;
+        $out{$i} = $requests[$i];
+        $in{$i} = '';
+    }
+    my $rsel = IO::Select->new(@socks);
+    my $wsel = IO::Select->new(@socks);
+    while (($rsel->count || $wsel->count) && time < $deadline) {
+        my ($r, $w) = IO::Select->select($rsel, $wsel, undef, $deadline - time);
+        for my $s (@{ $w || [] }) {
+            my $i = $idx{"$s"};
+            my $n = syswrite($s, $out{$i});
+            if (defined $n) {
+                substr($out{$i}, 0, $n) = '';
+                $wsel->remove($s) unless length $out{$i};
+            } elsif (!$!{EAGAIN} && !$!{EINTR}) {
+                $wsel->remove($s);
+            }
+        }
+        for my $s (@{ $r || [] }) {
+            my $i = $idx{"$s"};
+            my $n = sysread($s, $in{$i}, 65536, length $in{$i});
+            next if !defined $n && ($!{EAGAIN} || $!{EINTR});
+            next if $n;
+            $rsel->remove($s);
+            $wsel->remove($s);
+        }
+    }
+    close $_ for @socks;
+    return map { length $in{$_} ? $in{$_} : undef } 0 .. $#requests;
+}
+
+# The recording endpoint's location as the contract has it, answering with
+# the worker's pid in X-Pid; $extra goes inside it.
+sub ingest_location {
+    my ($extra) = @_;
+    $extra //= '';
+    return <<"CONF";
+        location ~ "^/v1/sites/(?<site_id>[0-9]{1,10})/recordings\$" {
+            recording_ingest;
+            recording_site_id \$site_id;
+            add_header X-Pid \$pid always;
+            $extra
+        }
+CONF
+}
+
+# Calls $cond until it is true (1) or $timeout seconds have passed (0).
+sub poll_until {
+    my ($timeout, $cond) = @_;
+    my $deadline = time + $timeout;
+    while (1) {
+        return 1 if $cond->();
+        return 0 if time >= $deadline;
+        select undef, undef, undef, 0.05;
+    }
+}
+
+# How many times $re matches in $text.
+sub count_matches {
+    my ($text, $re) = @_;
+    my $n = () = $text =~ /$re/g;
+    return $n;
+}
+
+# [alert]/[crit]/[emerg] lines or crashed workers in the current error log.
+sub crash_lines {
+    return grep { /\[(?:alert|crit|emerg)\]|exited on signal/ } split /\n/, error_log_text();
+}
+
+# One test: the error log so far shows no alert, crit, emerg or crash.
+sub no_crash {
+    my ($name) = @_;
+    my @bad = crash_lines();
+    ok(!@bad, "$name: no alert/crit/emerg/crash in error.log") or diag(join "\n", @bad);
 }
 
 # --------------------------------------------------------------------------
