@@ -117,6 +117,17 @@ same_answer('garbage as gzip', uri => $uri, body => 'xyz', headers => ['Content-
 same_answer('gzip', uri => $uri, body => gzip_bytes(batch('p2')), headers => ['Content-Encoding' => 'gzip']);
 same_answer('deflate', uri => $uri, body => deflate_bytes(batch('p3')), headers => ['Content-Encoding' => 'deflate']);
 
+# Nesting: both accept 1000 levels (lua-cjson's limit) and refuse 1001.
+sub nested_batch {
+    my ($levels) = @_;   # the batch object is level 1, events 2, the event 3
+    my $inner = '[' x ($levels - 3) . ']' x ($levels - 3);
+    return qq({"session_id":"p4","seq":0,"events":[{"type":3,"timestamp":1,"data":$inner}]});
+}
+my (undef, $deep) = same_answer('1000 levels', uri => '/v1/sites/108/recordings', body => nested_batch(1000));
+is($deep->{status}, 202, '1000 levels: queued');
+(undef, $deep) = same_answer('1001 levels', uri => '/v1/sites/108/recordings', body => nested_batch(1001));
+is($deep->{status}, 400, '1001 levels: invalid_json');
+
 # The preflight and CORS headers.
 my ($old, $new) = same_answer('OPTIONS', method => 'OPTIONS', uri => $uri, headers => [Origin => 'https://a.example']);
 for my $h (qw(access-control-allow-origin access-control-allow-credentials vary access-control-allow-methods
