@@ -354,8 +354,8 @@ std::optional<std::string_view> field(const redisReply *reply)
 
 class SiteLookupCall final : public RedisCall {
 public:
-    SiteLookupCall(std::string key, std::string_view site_id, ngx_shm_zone_t *cache, ngx_msec_t ttl)
-        : key_(std::move(key)), site_id_(site_id), cache_(cache), ttl_(ttl)
+    SiteLookupCall(std::string key, std::string_view site_id, ngx_shm_zone_t *cache)
+        : key_(std::move(key)), site_id_(site_id), cache_(cache)
     {
     }
 
@@ -371,8 +371,13 @@ public:
 
         std::optional<recording::SiteSettings> settings;
         if (reply != nullptr && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
-            settings = recording::site_settings_from_fields(field(reply->element[0]), field(reply->element[1]));
-            ngx_http_recording_site_cache_put(cache_, site_id_, *settings, ttl_);
+            try {
+                settings = recording::site_settings_from_fields(field(reply->element[0]),
+                                                                field(reply->element[1]));
+                ngx_http_recording_site_cache_put(cache_, key_, *settings);
+            } catch (const std::exception &) {
+                settings.reset();  // out of memory: as if Redis had not answered
+            }
         } else if (reply != nullptr && reply->type == REDIS_REPLY_ERROR) {
             ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0, "recording: redis refused HMGET for site \"%s\": %*s",
                           site_id_.c_str(), reply->len, reply->str);
@@ -400,10 +405,9 @@ public:
     }
 
 private:
-    std::string key_;
+    std::string key_;      // the cache's: server and site
     std::string site_id_;
     ngx_shm_zone_t *cache_;
-    ngx_msec_t ttl_;
     std::vector<Waiter *> waiters_;
 };
 
@@ -413,29 +417,33 @@ void look_up_site(RequestState &state)
     auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
         ngx_http_get_module_main_conf(state.request, ngx_http_recording_module));
 
-    // A fetch that takes longer than both timeouts has failed anyway.
-    ngx_msec_t lease = conf->redis_connect_timeout + conf->redis_read_timeout;
-    ngx_http_recording_cached_site_t cached =
-        ngx_http_recording_site_cache_get(rmcf->site_cache, state.site_id, lease);
-    if (cached.found && (cached.fresh || !cached.refresh)) {
-        continue_with_site(state, cached.settings, false);
-        return;
-    }
-    if (cached.found) {
-        state.stale_settings = cached.settings;
-    }
-
+    // Settings are a server's: two locations may read sites from two Redis.
     std::string key(view(conf->redis->name));
     key += '/';
     key.append(state.site_id);
 
+    // A fetch that takes longer than both timeouts has failed anyway.
+    ngx_msec_t lease = conf->redis_connect_timeout + conf->redis_read_timeout;
+    ngx_http_recording_cached_site_t cached =
+        ngx_http_recording_site_cache_get(rmcf->site_cache, key, conf->site_cache_ttl, lease);
+    if (cached.found) {
+        state.stale_settings = cached.settings;
+    }
+
+    // While this worker looks the site up, later batches for it wait behind
+    // the lookup whatever the cache says: a session's batches must reach
+    // Redis in the order they were accepted.
     auto it = lookups_in_flight.find(key);
     if (it != lookups_in_flight.end()) {
         it->second->add(waiter_for(state));
         return;
     }
+    if (cached.found && (cached.fresh || !cached.refresh)) {
+        continue_with_site(state, cached.settings, false);
+        return;
+    }
 
-    auto *call = new SiteLookupCall(key, state.site_id, rmcf->site_cache, conf->site_cache_ttl);
+    auto *call = new SiteLookupCall(key, state.site_id, rmcf->site_cache);
     std::string command = recording::format_site_lookup(state.site_id);
     if (!conf->redis->client->send(command, call, conf->redis_connect_timeout, conf->redis_read_timeout)) {
         delete call;

@@ -53,10 +53,11 @@ ngx_int_t ngx_http_recording_handler(ngx_http_request_t *r) noexcept;
 ngx_int_t ngx_http_recording_decode_body(ngx_http_request_t *r,
     recording::BodyDecoder &decoder);
 
-// ngx_http_recording_site_cache.cpp: the shared-memory site cache.
+// ngx_http_recording_site_cache.cpp: the shared-memory site cache, keyed by
+// "<redis server>/<site id>".
 struct ngx_http_recording_cached_site_t {
     bool                      found;   // an answer is there, fresh or not
-    bool                      fresh;
+    bool                      fresh;   // fetched less than `ttl` ago
     bool                      refresh; // expired; this caller should fetch
     recording::SiteSettings   settings;
 };
@@ -64,7 +65,7 @@ struct ngx_http_recording_cached_site_t {
 ngx_int_t ngx_http_recording_site_cache_init_zone(ngx_conf_t *cf,
     ngx_http_recording_main_conf_t *rmcf);
 ngx_http_recording_cached_site_t ngx_http_recording_site_cache_get(
-    ngx_shm_zone_t *zone, std::string_view site_id, ngx_msec_t lease);
+    ngx_shm_zone_t *zone, std::string_view key, ngx_msec_t ttl,
+    ngx_msec_t lease);
 void ngx_http_recording_site_cache_put(ngx_shm_zone_t *zone,
-    std::string_view site_id, const recording::SiteSettings &settings,
-    ngx_msec_t ttl);
+    std::string_view key, const recording::SiteSettings &settings);

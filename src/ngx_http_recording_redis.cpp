@@ -12,6 +12,8 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include <new>
+
 RedisClient::RedisClient(ngx_str_t name, ngx_str_t host, ngx_int_t port, ngx_str_t unix_path,
                          ngx_log_t *log) noexcept
     : name_(name), host_(host), port_(port), unix_path_(unix_path), log_(log)
@@ -99,13 +101,19 @@ bool RedisClient::send(std::string_view command, RedisCall *call, ngx_msec_t con
     if (context_->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)) {
         return false;
     }
+    // The slot is taken first: once hiredis has the command, nothing may fail.
+    try {
+        pending_.push_back(call);
+    } catch (const std::bad_alloc &) {
+        return false;
+    }
     if (redisAsyncFormattedCommand(context_, on_reply, call, command.data(), command.size())
         != REDIS_OK)
     {
+        pending_.pop_back();
         return false;
     }
     call->deadline = ngx_current_msec + reply_timeout;
-    pending_.push_back(call);
     arm_reply_timer(reply_timeout);
     return true;
 }

@@ -1,6 +1,8 @@
 // The site cache: answers from the Redis hashes recording:site:<id>, kept in
 // a shared-memory zone that every worker sees, so that a busy site costs one
-// lookup per TTL per server rather than one per request.
+// lookup per TTL per server rather than one per request. Entries are keyed
+// by the Redis server they came from and the site id, and remember when
+// they were fetched, so that each location applies its own TTL.
 //
 // An entry stays after it expires (until memory runs short and the least
 // recently used entries go): when Redis cannot answer, the last answer is
@@ -15,13 +17,13 @@
 namespace {
 
 struct site_node_t {
-    ngx_str_node_t     sn;        // key: the site id as in the URI
+    ngx_str_node_t     sn;        // key: "<redis server>/<site id>", in `key`
     ngx_queue_t        lru;
-    ngx_msec_t         expires;
+    ngx_msec_t         fetched;
     ngx_msec_t         lease_until;
-    uint8_t            status;    // recording::SiteStatus
     double             sample_rate;
-    u_char             id[10];
+    uint8_t            status;    // recording::SiteStatus
+    u_char             key[1];    // allocated to the key's length
 };
 
 struct site_cache_sh_t {
@@ -42,11 +44,15 @@ bool expired(ngx_msec_t deadline) noexcept
     return static_cast<ngx_msec_int_t>(deadline - ngx_current_msec) <= 0;
 }
 
-site_node_t *find_locked(site_cache_t *cache, std::string_view site_id) noexcept
+ngx_str_t str(std::string_view s) noexcept
 {
-    ngx_str_t key = {site_id.size(), reinterpret_cast<u_char *>(const_cast<char *>(site_id.data()))};
-    uint32_t hash = ngx_crc32_short(key.data, key.len);
-    auto *sn = ngx_str_rbtree_lookup(&cache->sh->tree, &key, hash);
+    return {s.size(), reinterpret_cast<u_char *>(const_cast<char *>(s.data()))};
+}
+
+site_node_t *find_locked(site_cache_t *cache, std::string_view key) noexcept
+{
+    ngx_str_t k = str(key);
+    auto *sn = ngx_str_rbtree_lookup(&cache->sh->tree, &k, ngx_crc32_short(k.data, k.len));
     return reinterpret_cast<site_node_t *>(sn);
 }
 
@@ -83,10 +89,11 @@ ngx_int_t init_zone(ngx_shm_zone_t *zone, void *data) noexcept
     return NGX_OK;
 }
 
-site_node_t *allocate_locked(site_cache_t *cache) noexcept
+site_node_t *allocate_locked(site_cache_t *cache, size_t key_length) noexcept
 {
+    size_t size = offsetof(site_node_t, key) + key_length;
     for (int attempt = 0; attempt < 16; attempt++) {
-        auto *node = static_cast<site_node_t *>(ngx_slab_alloc_locked(cache->shpool, sizeof(site_node_t)));
+        auto *node = static_cast<site_node_t *>(ngx_slab_alloc_locked(cache->shpool, size));
         if (node != nullptr) {
             return node;
         }
@@ -126,20 +133,20 @@ ngx_int_t ngx_http_recording_site_cache_init_zone(ngx_conf_t *cf, ngx_http_recor
 }
 
 ngx_http_recording_cached_site_t ngx_http_recording_site_cache_get(ngx_shm_zone_t *zone,
-                                                                   std::string_view site_id,
-                                                                   ngx_msec_t lease)
+                                                                   std::string_view key,
+                                                                   ngx_msec_t ttl, ngx_msec_t lease)
 {
     auto *cache = static_cast<site_cache_t *>(zone->data);
     ngx_http_recording_cached_site_t result{};
 
     ngx_shmtx_lock(&cache->shpool->mutex);
-    site_node_t *node = find_locked(cache, site_id);
+    site_node_t *node = find_locked(cache, key);
     if (node != nullptr) {
         ngx_queue_remove(&node->lru);
         ngx_queue_insert_head(&cache->sh->lru, &node->lru);
 
         result.found = true;
-        result.fresh = !expired(node->expires);
+        result.fresh = !expired(node->fetched + ttl);
         result.settings.status = static_cast<recording::SiteStatus>(node->status);
         result.settings.sample_rate = node->sample_rate;
         if (!result.fresh && expired(node->lease_until)) {
@@ -151,20 +158,20 @@ ngx_http_recording_cached_site_t ngx_http_recording_site_cache_get(ngx_shm_zone_
     return result;
 }
 
-void ngx_http_recording_site_cache_put(ngx_shm_zone_t *zone, std::string_view site_id,
-                                       const recording::SiteSettings &settings, ngx_msec_t ttl)
+void ngx_http_recording_site_cache_put(ngx_shm_zone_t *zone, std::string_view key,
+                                       const recording::SiteSettings &settings)
 {
     auto *cache = static_cast<site_cache_t *>(zone->data);
 
     ngx_shmtx_lock(&cache->shpool->mutex);
-    site_node_t *node = find_locked(cache, site_id);
+    site_node_t *node = find_locked(cache, key);
     if (node == nullptr) {
-        node = allocate_locked(cache);
+        node = allocate_locked(cache, key.size());
         if (node != nullptr) {
-            ngx_memcpy(node->id, site_id.data(), site_id.size());
-            node->sn.str.len = site_id.size();
-            node->sn.str.data = node->id;
-            node->sn.node.key = ngx_crc32_short(node->id, site_id.size());
+            ngx_memcpy(node->key, key.data(), key.size());
+            node->sn.str.len = key.size();
+            node->sn.str.data = node->key;
+            node->sn.node.key = ngx_crc32_short(node->key, key.size());
             ngx_rbtree_insert(&cache->sh->tree, &node->sn.node);
             ngx_queue_insert_head(&cache->sh->lru, &node->lru);
         }
@@ -172,8 +179,8 @@ void ngx_http_recording_site_cache_put(ngx_shm_zone_t *zone, std::string_view si
     if (node != nullptr) {
         node->status = static_cast<uint8_t>(settings.status);
         node->sample_rate = settings.sample_rate;
-        node->expires = ngx_current_msec + ttl;
-        node->lease_until = 0;
+        node->fetched = ngx_current_msec;
+        node->lease_until = ngx_current_msec;  // released
     }
     ngx_shmtx_unlock(&cache->shpool->mutex);
 }

@@ -304,4 +304,78 @@ sub sleep_past {
     ok(stop_nginx(), "$t: nginx stops gracefully");
 }
 
+# ---------------------------------------------------------------------------
+# A session's batches keep their order across a refresh: a batch that comes
+# while the worker looks the expired site up waits behind that lookup
+# instead of overtaking the batch that started it with the old answer.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'order across a refresh';
+    fresh_redis();
+    redis_cmd('HSET', 'recording:site:9', 'enabled', 1);
+    start_nginx(main_config => 'worker_processes 1;',
+                config => ingest_location('recording_site_cache_ttl 300ms;'));
+    is(post_batch(9, 'warm')->{status}, 202, "$t: cached");
+    redis_cmd('DEL', $QUEUE);
+    my @orders;
+    for my $round (1 .. 3) {
+        sleep 0.4;   # the answer expires
+        # Redis holds every command for a moment: batch 1 takes the refresh
+        # and waits on its HMGET before batch 2 is sent.
+        redis_cmd('CLIENT', 'PAUSE', 400);
+        my @socks;
+        for my $seq (1, 2) {
+            my $body = qq({"session_id":"ordered","seq":$seq,"events":[{"type":3,"timestamp":1}]});
+            my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => server_port(), Timeout => 5)
+                or die "connect: $!";
+            print $sock "POST /v1/sites/9/recordings HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                      . 'Content-Length: ' . length($body) . "\r\n\r\n$body";
+            push @socks, $sock;
+            sleep 0.1;
+        }
+        for my $sock (@socks) {
+            local $/;
+            my $answer = <$sock> // '';
+            like($answer, qr{^HTTP/1\.1 202}, "$t: round $round: 202");
+        }
+        my @seqs = map { /"seq":(\d+)/ ? $1 : '?' } @{ redis_cmd('LRANGE', $QUEUE, 0, -1) };
+        push @orders, "@seqs";
+        redis_cmd('DEL', $QUEUE);
+    }
+    is_deeply(\@orders, [("1 2") x 3], "$t: seq 1 then seq 2 in every round (@{[ join ' | ', @orders ]})");
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+}
+
+# ---------------------------------------------------------------------------
+# Locations reading sites from different Redis servers do not share answers.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'one cache entry per server';
+    fresh_redis();
+    my $dir = servroot() . '/redis-b';
+    mkdir $dir;
+    my $port_b = do {
+        my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1', LocalPort => 0) or die $!;
+        my $p = $s->sockport; close $s; $p;
+    };
+    system('redis-server', '--port', $port_b, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+           '--daemonize', 'yes', '--dir', $dir, '--logfile', "$dir/redis.log") == 0 or die "redis-server b";
+    my $b = sub { system('redis-cli', '-p', $port_b, @_) == 0 or die "redis-cli b" };
+    poll_until(5, sub { system("redis-cli -p $port_b ping >/dev/null 2>&1") == 0 });
+    redis_cmd('HSET', 'recording:site:3', 'enabled', 1);
+    $b->(qw(HSET recording:site:3 enabled 0));
+    start_nginx(config => ingest_location() . <<"CONF");
+        location ~ "^/b/(?<site_id>[0-9]+)\$" {
+            recording_ingest;
+            recording_site_id \$site_id;
+            recording_redis 127.0.0.1:$port_b;
+        }
+CONF
+    is(post_batch(3, 'a')->{status}, 202, "$t: site 3 is enabled on the first Redis");
+    my $res = http_request(method => 'POST', uri => '/b/3', body => batch_json('b'));
+    is($res->{status}, 403, "$t: and disabled on the second, whatever the first answered");
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+    system("redis-cli -p $port_b shutdown nosave >/dev/null 2>&1");
+}
+
 Test::More::done_testing();
