@@ -12,6 +12,18 @@ constexpr size_t kFileChunk = 64 * 1024;
 
 }  // namespace
 
+off_t ngx_http_recording_body_size(ngx_http_request_t *r)
+{
+    off_t size = 0;
+    if (r->request_body == nullptr) {
+        return 0;
+    }
+    for (ngx_chain_t *cl = r->request_body->bufs; cl != nullptr; cl = cl->next) {
+        size += ngx_buf_size(cl->buf);
+    }
+    return size;
+}
+
 ngx_int_t ngx_http_recording_decode_body(ngx_http_request_t *r, recording::BodyDecoder &decoder)
 {
     ngx_http_request_body_t *rb = r->request_body;

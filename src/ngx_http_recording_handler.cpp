@@ -11,6 +11,7 @@
 
 #include "ngx_http_recording_module.h"
 
+#include <cstdio>
 #include <exception>
 #include <new>
 #include <optional>
@@ -23,6 +24,7 @@
 #include "batch_validator.h"
 #include "enrichment.h"
 #include "ngx_http_recording_redis.h"
+#include "ngx_http_recording_stats.h"
 #include "outcome.h"
 #include "redis_protocol.h"
 #include "sampling.h"
@@ -48,6 +50,13 @@ struct RequestState {
     recording::ValidatedBatch batch;
     std::optional<recording::SiteSettings> stale_settings;
     Waiter *waiter = nullptr;
+
+    // What the variables tell.
+    std::optional<Outcome> outcome;
+    bool preflight = false;
+    std::string queue;                        // the key pushed to
+    std::optional<size_t> decoded_bytes;
+    std::optional<uint64_t> redis_time_us;    // from sending RPUSH to its reply
 
     ~RequestState()
     {
@@ -91,9 +100,10 @@ std::string_view view(const ngx_str_t &s)
     return {reinterpret_cast<const char *>(s.data), s.len};
 }
 
-// The value of a request header nginx has no field for, and how many times
-// it was sent.
-ngx_table_elt_t *find_header(ngx_http_request_t *r, std::string_view lowcase_name, ngx_uint_t *count)
+}  // namespace
+
+ngx_table_elt_t *ngx_http_recording_find_header(ngx_http_request_t *r, std::string_view lowcase_name,
+                                                ngx_uint_t *count)
 {
     ngx_table_elt_t *found = nullptr;
     *count = 0;
@@ -112,6 +122,8 @@ ngx_table_elt_t *find_header(ngx_http_request_t *r, std::string_view lowcase_nam
     }
     return found;
 }
+
+namespace {
 
 bool add_header(ngx_http_request_t *r, std::string_view key, ngx_str_t value)
 {
@@ -135,7 +147,7 @@ ngx_str_t literal(std::string_view s)
 bool add_cors_headers(ngx_http_request_t *r)
 {
     ngx_uint_t count;
-    ngx_table_elt_t *origin = find_header(r, "origin", &count);
+    ngx_table_elt_t *origin = ngx_http_recording_find_header(r, "origin", &count);
     if (origin == nullptr) {
         return true;
     }
@@ -190,16 +202,33 @@ ngx_int_t send_response(ngx_http_request_t *r, Outcome outcome)
     return ngx_http_output_filter(r, &out);
 }
 
-void log_outcome(RequestState &state, Outcome outcome)
+ngx_str_t request_id(ngx_http_request_t *r)
 {
+    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
+        ngx_http_get_module_main_conf(r, ngx_http_recording_module));
+    ngx_http_variable_value_t *v = ngx_http_get_indexed_variable(r, rmcf->request_id_index);
+    if (v == nullptr || v->not_found) {
+        return ngx_null_string;
+    }
+    return {v->len, v->data};
+}
+
+// Counts the outcome and logs a refusal: one line, at info, as refusals
+// are the clients' mistakes (Redis failures are logged by the client, once
+// per change of state).
+void record_outcome(RequestState &state, Outcome outcome)
+{
+    state.outcome = outcome;
+    ngx_http_recording_count_outcome(static_cast<size_t>(outcome));
     if (outcome == Outcome::queued || outcome == Outcome::sampled_out) {
         return;
     }
     ngx_http_request_t *r = state.request;
+    ngx_str_t id = request_id(r);
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                  "recording: batch refused: %s, site \"%*s\", session \"%*s\"",
+                  "recording: batch refused: %s, site \"%*s\", session \"%*s\", request \"%V\"",
                   recording::outcome_name(outcome).data(), state.site_id.size(), state.site_id.data(),
-                  state.batch.session_id.size(), state.batch.session_id.data());
+                  state.batch.session_id.size(), state.batch.session_id.data(), &id);
 }
 
 // Answers and ends a request whose body was read.
@@ -207,7 +236,7 @@ void finish(RequestState &state, Outcome outcome, bool from_redis)
 {
     ngx_http_request_t *r = state.request;
     ngx_connection_t *c = r->connection;
-    log_outcome(state, outcome);
+    record_outcome(state, outcome);
     ngx_http_finalize_request(r, send_response(r, outcome));
     if (from_redis) {
         // We run from the Redis connection's event, not the client's.
@@ -241,17 +270,23 @@ void continue_with_site(RequestState &state, const recording::SiteSettings &site
 
 class PushCall final : public RedisCall {
 public:
-    explicit PushCall(Waiter *waiter) : waiter_(waiter) {}
+    explicit PushCall(Waiter *waiter) : waiter_(waiter), sent_us_(ngx_http_recording_now_us()) {}
 
     void on_reply(const redisReply *reply) noexcept override
     {
+        uint64_t round_trip = ngx_http_recording_now_us() - sent_us_;
+        ngx_http_recording_count(&ngx_http_recording_stats_t::inflight_elements, -1);
+        if (reply != nullptr) {
+            ngx_http_recording_count_push_duration(round_trip);
+        }
+        bool acknowledged = reply != nullptr && reply->type == REDIS_REPLY_INTEGER;
+        if (acknowledged) {
+            ngx_http_recording_count(&ngx_http_recording_stats_t::pushed_elements);
+        }
+
         RequestState *state = resume(waiter_);
         if (state != nullptr) {
-            bool acknowledged = reply != nullptr && reply->type == REDIS_REPLY_INTEGER;
-            if (reply != nullptr && reply->type == REDIS_REPLY_ERROR) {
-                ngx_log_error(NGX_LOG_WARN, state->request->connection->log, 0,
-                              "recording: redis refused RPUSH: %*s", reply->len, reply->str);
-            }
+            state->redis_time_us = round_trip;
             finish(*state, acknowledged ? Outcome::queued : Outcome::queue_unavailable, true);
         }
         delete this;
@@ -259,12 +294,14 @@ public:
 
 private:
     Waiter *waiter_;
+    uint64_t sent_us_;
 };
 
 void push(RequestState &state, const recording::QueueElement &element, unsigned shard, bool from_redis)
 {
     ngx_http_recording_loc_conf_t *conf = state.conf;
-    std::string command = recording::format_rpush(recording::queue_key(shard), element);
+    state.queue = recording::queue_key(shard);
+    std::string command = recording::format_rpush(state.queue, element);
 
     Waiter *waiter = waiter_for(state);
     auto *call = new PushCall(waiter);
@@ -274,6 +311,8 @@ void push(RequestState &state, const recording::QueueElement &element, unsigned 
         return;
     }
     waiter->in_flight = true;
+    ngx_http_recording_count(&ngx_http_recording_stats_t::rpush_commands);
+    ngx_http_recording_count(&ngx_http_recording_stats_t::inflight_elements);
 }
 
 // --- Sampling and enrichment ----------------------------------------------
@@ -354,10 +393,7 @@ std::optional<std::string_view> field(const redisReply *reply)
 
 class SiteLookupCall final : public RedisCall {
 public:
-    SiteLookupCall(std::string key, std::string_view site_id, ngx_shm_zone_t *cache)
-        : key_(std::move(key)), site_id_(site_id), cache_(cache)
-    {
-    }
+    SiteLookupCall(std::string key, ngx_shm_zone_t *cache) : key_(std::move(key)), cache_(cache) {}
 
     void add(Waiter *waiter)
     {
@@ -378,9 +414,6 @@ public:
             } catch (const std::exception &) {
                 settings.reset();  // out of memory: as if Redis had not answered
             }
-        } else if (reply != nullptr && reply->type == REDIS_REPLY_ERROR) {
-            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0, "recording: redis refused HMGET for site \"%s\": %*s",
-                          site_id_.c_str(), reply->len, reply->str);
         }
 
         for (Waiter *waiter : waiters_) {
@@ -405,8 +438,7 @@ public:
     }
 
 private:
-    std::string key_;      // the cache's: server and site
-    std::string site_id_;
+    std::string key_;  // the cache's: server and site
     ngx_shm_zone_t *cache_;
     std::vector<Waiter *> waiters_;
 };
@@ -436,14 +468,17 @@ void look_up_site(RequestState &state)
     auto it = lookups_in_flight.find(key);
     if (it != lookups_in_flight.end()) {
         it->second->add(waiter_for(state));
+        ngx_http_recording_count(&ngx_http_recording_stats_t::site_cache_misses);
         return;
     }
     if (cached.found && (cached.fresh || !cached.refresh)) {
+        ngx_http_recording_count(&ngx_http_recording_stats_t::site_cache_hits);
         continue_with_site(state, cached.settings, false);
         return;
     }
+    ngx_http_recording_count(&ngx_http_recording_stats_t::site_cache_misses);
 
-    auto *call = new SiteLookupCall(key, state.site_id, rmcf->site_cache);
+    auto *call = new SiteLookupCall(key, rmcf->site_cache);
     std::string command = recording::format_site_lookup(state.site_id);
     if (!conf->redis->client->send(command, call, conf->redis_connect_timeout, conf->redis_read_timeout)) {
         delete call;
@@ -454,6 +489,7 @@ void look_up_site(RequestState &state)
         }
         return;
     }
+    ngx_http_recording_count(&ngx_http_recording_stats_t::hmget_commands);
     call->add(waiter_for(state));
     lookups_in_flight.emplace(std::move(key), call);
 }
@@ -466,7 +502,7 @@ Outcome decode_and_validate(RequestState &state)
     ngx_http_recording_loc_conf_t *conf = state.conf;
 
     ngx_uint_t count;
-    ngx_table_elt_t *header = find_header(r, "content-encoding", &count);
+    ngx_table_elt_t *header = ngx_http_recording_find_header(r, "content-encoding", &count);
     recording::ContentEncoding encoding = recording::classify_content_encoding(
         header != nullptr ? view(header->value) : std::string_view());
     if (count > 1) {
@@ -488,6 +524,9 @@ Outcome decode_and_validate(RequestState &state)
     case recording::DecodeStatus::ok:
         break;
     }
+    state.decoded_bytes = state.decoder->decoded().size();
+    ngx_http_recording_count(&ngx_http_recording_stats_t::decoded_bytes,
+                             static_cast<ngx_atomic_int_t>(*state.decoded_bytes));
 
     recording::ValidationLimits limits;
     limits.max_events = conf->max_events;
@@ -499,6 +538,8 @@ Outcome decode_and_validate(RequestState &state)
 void body_read(ngx_http_request_t *r) noexcept
 {
     RequestState *state = get_state(r);
+    ngx_http_recording_count(&ngx_http_recording_stats_t::received_bytes,
+                             static_cast<ngx_atomic_int_t>(ngx_http_recording_body_size(r)));
     try {
         Outcome outcome = decode_and_validate(*state);
         if (outcome != Outcome::queued) {
@@ -512,16 +553,97 @@ void body_read(ngx_http_request_t *r) noexcept
     }
 }
 
-ngx_int_t answer_without_body(ngx_http_request_t *r, Outcome outcome)
+// --- Variables ------------------------------------------------------------
+
+enum class Variable : uintptr_t { outcome, session_id, queue, decoded_bytes, redis_time };
+
+ngx_int_t get_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data) noexcept
 {
-    ngx_int_t rc = ngx_http_discard_request_body(r);
+    RequestState *state = get_state(r);
+    char number[32];
+    std::string_view text;
+    if (state != nullptr) {
+        switch (static_cast<Variable>(data)) {
+        case Variable::outcome:
+            if (state->preflight) {
+                text = "preflight";
+            } else if (state->outcome) {
+                text = recording::outcome_name(*state->outcome);
+            }
+            break;
+        case Variable::session_id:
+            text = state->batch.session_id;
+            break;
+        case Variable::queue:
+            text = state->queue;
+            break;
+        case Variable::decoded_bytes:
+            if (state->decoded_bytes) {
+                int n = std::snprintf(number, sizeof(number), "%zu", *state->decoded_bytes);
+                text = {number, static_cast<size_t>(n)};
+            }
+            break;
+        case Variable::redis_time:
+            if (state->redis_time_us) {  // milliseconds, to the microsecond
+                int n = std::snprintf(number, sizeof(number), "%llu.%03llu",
+                                      static_cast<unsigned long long>(*state->redis_time_us / 1000),
+                                      static_cast<unsigned long long>(*state->redis_time_us % 1000));
+                text = {number, static_cast<size_t>(n)};
+            }
+            break;
+        }
+    }
+    if (text.empty()) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+    auto *copy = static_cast<u_char *>(ngx_pnalloc(r->pool, text.size()));
+    if (copy == nullptr) {
+        return NGX_ERROR;
+    }
+    ngx_memcpy(copy, text.data(), text.size());
+    v->data = copy;
+    v->len = static_cast<unsigned>(text.size());
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    return NGX_OK;
+}
+
+ngx_int_t answer_without_body(RequestState &state, Outcome outcome)
+{
+    record_outcome(state, outcome);
+    ngx_int_t rc = ngx_http_discard_request_body(state.request);
     if (rc != NGX_OK) {
         return rc;
     }
-    return send_response(r, outcome);
+    return send_response(state.request, outcome);
 }
 
 }  // namespace
+
+ngx_int_t ngx_http_recording_add_variables(ngx_conf_t *cf) noexcept
+{
+    static struct {
+        ngx_str_t name;
+        Variable which;
+    } variables[] = {
+        {ngx_string("recording_outcome"), Variable::outcome},
+        {ngx_string("recording_session_id"), Variable::session_id},
+        {ngx_string("recording_queue"), Variable::queue},
+        {ngx_string("recording_decoded_bytes"), Variable::decoded_bytes},
+        {ngx_string("recording_redis_time"), Variable::redis_time},
+    };
+    for (auto &variable : variables) {
+        ngx_http_variable_t *v = ngx_http_add_variable(cf, &variable.name, NGX_HTTP_VAR_NOCACHEABLE);
+        if (v == nullptr) {
+            return NGX_ERROR;
+        }
+        v->get_handler = get_variable;
+        v->data = static_cast<uintptr_t>(variable.which);
+    }
+    return NGX_OK;
+}
 
 ngx_int_t ngx_http_recording_handler(ngx_http_request_t *r) noexcept
 {
@@ -529,27 +651,27 @@ ngx_int_t ngx_http_recording_handler(ngx_http_request_t *r) noexcept
         auto *conf = static_cast<ngx_http_recording_loc_conf_t *>(
             ngx_http_get_module_loc_conf(r, ngx_http_recording_module));
 
-        if (!add_cors_headers(r)) {
+        RequestState *state = create_state(r, conf);
+        if (state == nullptr || !add_cors_headers(r)) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
         if (r->method == NGX_HTTP_OPTIONS) {
+            state->preflight = true;
+            ngx_http_recording_count(&ngx_http_recording_stats_t::preflights);
             ngx_int_t rc = ngx_http_discard_request_body(r);
             return rc != NGX_OK ? rc : send_preflight(r);
         }
         if (r->method != NGX_HTTP_POST) {
-            return answer_without_body(r, Outcome::method_not_allowed);
+            return answer_without_body(*state, Outcome::method_not_allowed);
         }
 
         std::optional<std::string_view> site_id = complex_value(r, conf->site_id);
+        if (site_id) {
+            state->site_id = *site_id;
+        }
         if (!site_id || !recording::is_valid_site_id(*site_id)) {
-            return answer_without_body(r, Outcome::unknown_site);
+            return answer_without_body(*state, Outcome::unknown_site);
         }
-
-        RequestState *state = create_state(r, conf);
-        if (state == nullptr) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-        state->site_id = *site_id;
 
         ngx_int_t rc = ngx_http_read_client_request_body(r, body_read);
         if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {

@@ -6,6 +6,7 @@
 #include <new>
 
 #include "ngx_http_recording_redis.h"
+#include "ngx_http_recording_stats.h"
 
 namespace {
 
@@ -57,12 +58,17 @@ bounds_t timeout_bounds = {check_bounds, 1, 0};
 bounds_t cache_size_bounds = {check_bounds, 32 * 1024, 0};
 
 char *set_ingest(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
+char *set_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
 char *set_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
 
 ngx_command_t commands[] = {
     {ngx_string("recording_ingest"),
      NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
      set_ingest, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+
+    {ngx_string("recording_status"),
+     NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+     set_status, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
 
     {ngx_string("recording_site_id"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -188,6 +194,7 @@ ngx_http_recording_redis_server_t *add_redis_server(ngx_conf_t *cf, ngx_str_t *a
         return nullptr;
     }
     server->name = *address;
+    server->stats_slot = NGX_ERROR;
 
     static const ngx_str_t unix_prefix = ngx_string("unix:");
     if (address->len > unix_prefix.len
@@ -268,6 +275,21 @@ char *set_ingest(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept
     return NGX_CONF_OK;
 }
 
+char *set_status(ngx_conf_t *cf, ngx_command_t *, void *) noexcept
+{
+    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
+        ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+    if (clcf->handler == ngx_http_recording_status_handler) {
+        return const_cast<char *>("is duplicate");
+    }
+    clcf->handler = ngx_http_recording_status_handler;
+
+    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
+        ngx_http_conf_get_module_main_conf(cf, ngx_http_recording_module));
+    rmcf->status_used = 1;
+    return NGX_CONF_OK;
+}
+
 char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept
 {
     auto *prev = static_cast<ngx_http_recording_loc_conf_t *>(parent);
@@ -315,7 +337,7 @@ ngx_int_t postconfiguration(ngx_conf_t *cf) noexcept
 {
     auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
         ngx_http_conf_get_module_main_conf(cf, ngx_http_recording_module));
-    if (!rmcf->ingest_used) {
+    if (!rmcf->ingest_used && !rmcf->status_used) {
         return NGX_OK;
     }
     return ngx_http_recording_site_cache_init_zone(cf, rmcf);
@@ -339,7 +361,8 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept
     auto **servers = static_cast<ngx_http_recording_redis_server_t **>(rmcf->servers.elts);
     for (ngx_uint_t i = 0; i < rmcf->servers.nelts; i++) {
         ngx_http_recording_redis_server_t *s = servers[i];
-        s->client = new (std::nothrow) RedisClient(s->name, s->host, s->port, s->unix_path, cycle->log);
+        s->client = new (std::nothrow) RedisClient(s->name, s->host, s->port, s->unix_path, cycle->log,
+                                                   ngx_http_recording_server_connections(s->stats_slot));
         if (s->client == nullptr) {
             return NGX_ERROR;
         }
@@ -360,8 +383,13 @@ void exit_process(ngx_cycle_t *cycle) noexcept
     }
 }
 
+ngx_int_t preconfiguration(ngx_conf_t *cf) noexcept
+{
+    return ngx_http_recording_add_variables(cf);
+}
+
 ngx_http_module_t module_ctx = {
-    nullptr,            // preconfiguration
+    preconfiguration,   // preconfiguration
     postconfiguration,  // postconfiguration
     create_main_conf,   // create main configuration
     init_main_conf,     // init main configuration

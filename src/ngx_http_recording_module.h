@@ -21,6 +21,7 @@ struct ngx_http_recording_redis_server_t {
     ngx_int_t    port;
     ngx_str_t    unix_path;   // NUL-terminated, or empty
     RedisClient *client;      // this worker's connection
+    ngx_int_t    stats_slot;  // in ngx_http_recording_stats, or NGX_ERROR
 };
 
 struct ngx_http_recording_main_conf_t {
@@ -29,6 +30,7 @@ struct ngx_http_recording_main_conf_t {
     ssize_t          site_cache_size;
     ngx_int_t        request_id_index;
     ngx_flag_t       ingest_used;
+    ngx_flag_t       status_used;
 };
 
 struct ngx_http_recording_loc_conf_t {
@@ -45,13 +47,24 @@ struct ngx_http_recording_loc_conf_t {
     ngx_msec_t                          site_cache_ttl;
 };
 
-// ngx_http_recording_handler.cpp: the content handler.
+// ngx_http_recording_handler.cpp: the content handler, and the variables
+// telling what it did.
 ngx_int_t ngx_http_recording_handler(ngx_http_request_t *r) noexcept;
+ngx_int_t ngx_http_recording_add_variables(ngx_conf_t *cf) noexcept;
+
+// The first value of a request header nginx keeps no field for, and how
+// many times it was sent.
+ngx_table_elt_t *ngx_http_recording_find_header(ngx_http_request_t *r,
+    std::string_view lowcase_name, ngx_uint_t *count);
+
+// ngx_http_recording_stats.cpp: the recording_status handler.
+ngx_int_t ngx_http_recording_status_handler(ngx_http_request_t *r) noexcept;
 
 // ngx_http_recording_body.cpp: feeds the body nginx read (in memory or in a
 // temporary file) to the decoder.
 ngx_int_t ngx_http_recording_decode_body(ngx_http_request_t *r,
     recording::BodyDecoder &decoder);
+off_t ngx_http_recording_body_size(ngx_http_request_t *r);
 
 // ngx_http_recording_site_cache.cpp: the shared-memory site cache, keyed by
 // "<redis server>/<site id>".

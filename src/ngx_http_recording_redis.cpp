@@ -14,9 +14,11 @@
 
 #include <new>
 
+#include "ngx_http_recording_stats.h"
+
 RedisClient::RedisClient(ngx_str_t name, ngx_str_t host, ngx_int_t port, ngx_str_t unix_path,
-                         ngx_log_t *log) noexcept
-    : name_(name), host_(host), port_(port), unix_path_(unix_path), log_(log)
+                         ngx_log_t *log, ngx_atomic_t *connections) noexcept
+    : name_(name), host_(host), port_(port), unix_path_(unix_path), log_(log), connections_(connections)
 {
     connect_timer_.handler = on_connect_timeout;
     connect_timer_.data = this;
@@ -40,6 +42,10 @@ void RedisClient::close() noexcept
 
 bool RedisClient::connect(ngx_msec_t timeout) noexcept
 {
+    if (attempted_before_) {
+        ngx_http_recording_count(&ngx_http_recording_stats_t::reconnects);
+    }
+    attempted_before_ = true;
     redisAsyncContext *ac;
     if (unix_path_.len != 0) {
         ac = redisAsyncConnectUnix(reinterpret_cast<const char *>(unix_path_.data));
@@ -142,12 +148,32 @@ void RedisClient::on_reply(redisAsyncContext *ac, void *reply, void *privdata) n
     if (self->pending_.empty() && self->reply_timer_.timer_set) {
         ngx_del_timer(&self->reply_timer_);
     }
-    if (reply != nullptr && self->failing_) {
-        ngx_log_error(NGX_LOG_NOTICE, self->log_, 0, "recording: redis %V: answering again",
-                      &self->name_);
-        self->failing_ = false;
-    }
+    self->note_reply(static_cast<const redisReply *>(reply));
     call->on_reply(static_cast<const redisReply *>(reply));
+}
+
+// Counts a reply by kind, and logs a change between answering and failing:
+// an error reply once, not once per command, then the recovery.
+void RedisClient::note_reply(const redisReply *reply) noexcept
+{
+    if (reply == nullptr) {
+        ngx_http_recording_count(&ngx_http_recording_stats_t::replies_none);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_http_recording_count(&ngx_http_recording_stats_t::replies_error);
+        if (!failing_) {
+            ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis %V: error reply: %*s", &name_,
+                          reply->len, reply->str);
+        }
+        failing_ = true;
+        return;
+    }
+    ngx_http_recording_count(&ngx_http_recording_stats_t::replies_ok);
+    if (failing_) {
+        ngx_log_error(NGX_LOG_NOTICE, log_, 0, "recording: redis %V: answering again", &name_);
+        failing_ = false;
+    }
 }
 
 void RedisClient::on_connected(const redisAsyncContext *ac, int status) noexcept
@@ -163,6 +189,9 @@ void RedisClient::on_connected(const redisAsyncContext *ac, int status) noexcept
         return;
     }
     self->connected_ = true;
+    if (self->connections_ != nullptr) {
+        (void) ngx_atomic_fetch_add(self->connections_, 1);
+    }
     if (self->connect_timer_.timer_set) {
         ngx_del_timer(&self->connect_timer_);
     }
@@ -321,6 +350,9 @@ void RedisClient::release_connection() noexcept
         // hiredis may call cleanup() again for this context, possibly after
         // a pending callback made a new connection: keep it away from that.
         context_->ev = {};
+    }
+    if (connected_ && connections_ != nullptr) {
+        (void) ngx_atomic_fetch_add(connections_, -1);
     }
     connection_ = nullptr;
     context_ = nullptr;

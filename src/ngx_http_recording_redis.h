@@ -24,8 +24,9 @@ public:
 
 class RedisClient {
 public:
+    // `connections` counts the workers connected to this server (or null).
     RedisClient(ngx_str_t name, ngx_str_t host, ngx_int_t port, ngx_str_t unix_path,
-                ngx_log_t *log) noexcept;
+                ngx_log_t *log, ngx_atomic_t *connections) noexcept;
     ~RedisClient();
     RedisClient(const RedisClient &) = delete;
     RedisClient &operator=(const RedisClient &) = delete;
@@ -45,6 +46,7 @@ private:
     void watch(ngx_event_t *ev, ngx_int_t event, bool on) noexcept;
     void release_connection() noexcept;
     void arm_reply_timer(ngx_msec_t timeout) noexcept;
+    void note_reply(const redisReply *reply) noexcept;
 
     static void on_connected(const redisAsyncContext *ac, int status) noexcept;
     static void on_disconnected(const redisAsyncContext *ac, int status) noexcept;
@@ -72,6 +74,8 @@ private:
     // Redis is failing (connect, loss, timeout): errors are logged once per
     // change of state, and the recovery when a reply comes again.
     bool failing_ = false;
+    bool attempted_before_ = false;  // later attempts to connect are reconnects
+    ngx_atomic_t *connections_;
     std::deque<RedisCall *> pending_;
 
     ngx_event_t connect_timer_{};

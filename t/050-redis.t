@@ -505,14 +505,16 @@ R
     is($res->{status}, 503, "$t: 503 when Redis refuses the RPUSH");
     is($res->{body}, '{"error":"queue_unavailable"}', "$t: queue_unavailable body");
     is(redis_cmd('GET', $QUEUE), 'x', "$t: the key is untouched");
-    like(error_log_text(), qr/\[warn\].*recording: redis refused RPUSH: WRONGTYPE/,
-         "$t: warn line 'redis refused RPUSH'");
+    is(post_batch(8, batch_json('wrongtype-2'))->{status}, 503, "$t: and again");
+    is(count_matches(error_log_text(), qr/\[error\].*recording: redis \S+: error reply: WRONGTYPE/), 1,
+       "$t: the error reply is logged once, at error, for two batches");
 
     # The connection survives an error reply.
     redis_cmd('DEL', $QUEUE);
     $res = post_batch(8, batch_json('after-wrongtype'));
     is($res->{status}, 202, "$t: next batch queued on the same connection");
     is(redis_cmd('LLEN', $QUEUE), 1, "$t: and it landed");
+    like(error_log_text(), qr/\[notice\].*recording: redis \S+: answering again/, "$t: the recovery is logged");
     unlike(error_log_text(), qr/connection lost/, "$t: the connection was not dropped");
     no_crash($t);
     ok(stop_nginx(), "$t: nginx stops gracefully");

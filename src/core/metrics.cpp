@@ -1,0 +1,242 @@
+#include "metrics.h"
+
+#include <cstdio>
+
+#include "enrichment.h"
+
+namespace recording {
+
+namespace {
+
+constexpr std::array<std::string_view, 3> kReplyKinds = {"ok", "error", "none"};
+
+std::array<uint64_t, 3> replies(const MetricsSnapshot& m)
+{
+    return {m.replies_ok, m.replies_error, m.replies_none};
+}
+
+uint64_t push_count(const MetricsSnapshot& m)
+{
+    uint64_t n = 0;
+    for (uint64_t c : m.push_duration) {
+        n += c;
+    }
+    return n;
+}
+
+std::string seconds(uint64_t us)
+{
+    char text[32];
+    std::snprintf(text, sizeof(text), "%llu.%06llu", static_cast<unsigned long long>(us / 1000000),
+                  static_cast<unsigned long long>(us % 1000000));
+    return text;
+}
+
+// --- JSON -------------------------------------------------------------------
+
+class JsonObject {
+public:
+    explicit JsonObject(std::string& out) : out_(out) { out_ += '{'; }
+    ~JsonObject() { out_ += '}'; }
+
+    std::string& key(std::string_view name)
+    {
+        if (!first_) {
+            out_ += ',';
+        }
+        first_ = false;
+        append_json_string(out_, name);
+        out_ += ':';
+        return out_;
+    }
+
+    void number(std::string_view name, uint64_t value) { key(name) += std::to_string(value); }
+
+private:
+    std::string& out_;
+    bool first_ = true;
+};
+
+// --- Prometheus -------------------------------------------------------------
+
+void family(std::string& out, std::string_view name, std::string_view type, std::string_view help)
+{
+    out.append("# HELP nginx_recording_").append(name).append(" ").append(help).append("\n");
+    out.append("# TYPE nginx_recording_").append(name).append(" ").append(type).append("\n");
+}
+
+void sample(std::string& out, std::string_view name, std::string_view labels, std::string_view value)
+{
+    out.append("nginx_recording_").append(name);
+    if (!labels.empty()) {
+        out.append("{").append(labels).append("}");
+    }
+    out.append(" ").append(value).append("\n");
+}
+
+void sample(std::string& out, std::string_view name, std::string_view labels, uint64_t value)
+{
+    sample(out, name, labels, std::to_string(value));
+}
+
+std::string label(std::string_view name, std::string_view value)
+{
+    std::string out(name);
+    out += "=\"";
+    for (char c : value) {
+        if (c == '\\' || c == '"') {
+            out += '\\';
+            out += c;
+        } else if (c == '\n') {
+            out += "\\n";
+        } else {
+            out += c;
+        }
+    }
+    out += '"';
+    return out;
+}
+
+}  // namespace
+
+size_t push_duration_bucket(uint64_t us) noexcept
+{
+    for (size_t i = 0; i < kPushDurationBoundsUs.size(); i++) {
+        if (us <= kPushDurationBoundsUs[i]) {
+            return i;
+        }
+    }
+    return kPushDurationBoundsUs.size();
+}
+
+std::string render_json(const MetricsSnapshot& m)
+{
+    std::string out;
+    {
+        JsonObject root(out);
+        append_json_string(root.key("version"), m.version);
+        {
+            JsonObject batches(root.key("batches"));
+            for (size_t i = 0; i < kOutcomeCount; i++) {
+                batches.number(outcome_name(static_cast<Outcome>(i)), m.batches[i]);
+            }
+        }
+        root.number("preflights", m.preflights);
+        root.number("received_bytes", m.received_bytes);
+        root.number("decoded_bytes", m.decoded_bytes);
+        {
+            JsonObject redis(root.key("redis"));
+            {
+                JsonObject commands(redis.key("commands"));
+                commands.number("rpush", m.rpush_commands);
+                commands.number("hmget", m.hmget_commands);
+            }
+            redis.number("pushed_elements", m.pushed_elements);
+            {
+                JsonObject kinds(redis.key("replies"));
+                auto counts = replies(m);
+                for (size_t i = 0; i < kReplyKinds.size(); i++) {
+                    kinds.number(kReplyKinds[i], counts[i]);
+                }
+            }
+            redis.number("reconnects", m.reconnects);
+            redis.number("inflight_elements", m.inflight_elements);
+            {
+                JsonObject servers(redis.key("servers"));
+                for (const ServerMetrics& s : m.servers) {
+                    JsonObject server(servers.key(s.name));
+                    server.number("connections", s.connections);
+                }
+            }
+            {
+                JsonObject histogram(redis.key("push_duration_seconds"));
+                {
+                    JsonObject buckets(histogram.key("buckets"));
+                    uint64_t cumulative = 0;
+                    for (size_t i = 0; i < kPushDurationBuckets; i++) {
+                        cumulative += m.push_duration[i];
+                        buckets.number(i < kPushDurationBoundLabels.size() ? kPushDurationBoundLabels[i] : "+Inf",
+                                       cumulative);
+                    }
+                }
+                histogram.key("sum") += seconds(m.push_duration_sum_us);
+                histogram.number("count", push_count(m));
+            }
+        }
+        {
+            JsonObject cache(root.key("site_cache"));
+            cache.number("hits", m.site_cache_hits);
+            cache.number("misses", m.site_cache_misses);
+            cache.number("entries", m.site_cache_entries);
+        }
+    }
+    out += '\n';
+    return out;
+}
+
+std::string render_prometheus(const MetricsSnapshot& m)
+{
+    std::string out;
+    family(out, "build_info", "gauge", "The module's version.");
+    sample(out, "build_info", label("version", m.version), 1);
+
+    family(out, "batches_total", "counter", "Batches by outcome: queued, sampled_out or the error answered.");
+    for (size_t i = 0; i < kOutcomeCount; i++) {
+        sample(out, "batches_total", label("outcome", outcome_name(static_cast<Outcome>(i))), m.batches[i]);
+    }
+    family(out, "preflights_total", "counter", "CORS preflight (OPTIONS) requests answered.");
+    sample(out, "preflights_total", "", m.preflights);
+    family(out, "received_bytes_total", "counter", "Request body bytes received, before decoding.");
+    sample(out, "received_bytes_total", "", m.received_bytes);
+    family(out, "decoded_bytes_total", "counter", "Request body bytes after decoding.");
+    sample(out, "decoded_bytes_total", "", m.decoded_bytes);
+
+    family(out, "redis_commands_total", "counter", "Commands sent to Redis.");
+    sample(out, "redis_commands_total", label("command", "rpush"), m.rpush_commands);
+    sample(out, "redis_commands_total", label("command", "hmget"), m.hmget_commands);
+    family(out, "redis_pushed_elements_total", "counter", "Queue elements Redis acknowledged.");
+    sample(out, "redis_pushed_elements_total", "", m.pushed_elements);
+    family(out, "redis_replies_total", "counter",
+           "Replies from Redis: ok, error (an error reply) or none (refused, lost or timed out).");
+    auto counts = replies(m);
+    for (size_t i = 0; i < kReplyKinds.size(); i++) {
+        sample(out, "redis_replies_total", label("kind", kReplyKinds[i]), counts[i]);
+    }
+    family(out, "redis_reconnects_total", "counter", "Attempts to connect to Redis after each worker's first.");
+    sample(out, "redis_reconnects_total", "", m.reconnects);
+    family(out, "redis_connections", "gauge", "Workers connected to each Redis server now.");
+    for (const ServerMetrics& s : m.servers) {
+        sample(out, "redis_connections", label("server", s.name), s.connections);
+    }
+    family(out, "redis_inflight_elements", "gauge", "Queue elements sent to Redis and not yet acknowledged.");
+    sample(out, "redis_inflight_elements", "", m.inflight_elements);
+
+    family(out, "redis_push_duration_seconds", "histogram", "Round trip of RPUSH, from sending to the reply.");
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < kPushDurationBuckets; i++) {
+        cumulative += m.push_duration[i];
+        std::string_view bound = i < kPushDurationBoundLabels.size() ? kPushDurationBoundLabels[i] : "+Inf";
+        sample(out, "redis_push_duration_seconds_bucket", label("le", bound), cumulative);
+    }
+    sample(out, "redis_push_duration_seconds_sum", "", seconds(m.push_duration_sum_us));
+    sample(out, "redis_push_duration_seconds_count", "", push_count(m));
+
+    family(out, "site_cache_hits_total", "counter", "Batches whose site settings came from the shared cache.");
+    sample(out, "site_cache_hits_total", "", m.site_cache_hits);
+    family(out, "site_cache_misses_total", "counter", "Batches that waited for site settings from Redis.");
+    sample(out, "site_cache_misses_total", "", m.site_cache_misses);
+    family(out, "site_cache_entries", "gauge", "Sites in the shared cache.");
+    sample(out, "site_cache_entries", "", m.site_cache_entries);
+    return out;
+}
+
+bool wants_prometheus(std::string_view format_argument, std::string_view accept) noexcept
+{
+    if (format_argument == "prometheus") {
+        return true;
+    }
+    return accept.find("text/plain") != std::string_view::npos
+           || accept.find("application/openmetrics-text") != std::string_view::npos;
+}
+
+}  // namespace recording

@@ -1,0 +1,84 @@
+// The module's live figures, summed over all workers: counters in shared
+// memory, updated with atomic additions (never a lock on the hot path).
+#pragma once
+
+#include "ngx_http_recording_nginx.h"
+
+#include "metrics.h"
+
+constexpr ngx_uint_t NGX_HTTP_RECORDING_MAX_SERVERS = 32;
+constexpr size_t NGX_HTTP_RECORDING_SERVER_NAME_LEN = 128;
+
+struct ngx_http_recording_stats_t {
+    ngx_atomic_t  batches[recording::kOutcomeCount];
+    ngx_atomic_t  preflights;
+    ngx_atomic_t  received_bytes;
+    ngx_atomic_t  decoded_bytes;
+
+    ngx_atomic_t  rpush_commands;
+    ngx_atomic_t  hmget_commands;
+    ngx_atomic_t  pushed_elements;
+    ngx_atomic_t  replies_ok;
+    ngx_atomic_t  replies_error;
+    ngx_atomic_t  replies_none;
+    ngx_atomic_t  reconnects;
+    ngx_atomic_t  inflight_elements;
+    ngx_atomic_t  push_duration[recording::kPushDurationBuckets];
+    ngx_atomic_t  push_duration_sum_us;
+
+    ngx_atomic_t  site_cache_hits;
+    ngx_atomic_t  site_cache_misses;
+    ngx_atomic_t  site_cache_entries;
+
+    // Redis servers by name; slots stay across reloads.
+    ngx_uint_t    nservers;
+    struct {
+        u_char        name[NGX_HTTP_RECORDING_SERVER_NAME_LEN];
+        size_t        len;
+        ngx_atomic_t  connections;
+    } servers[NGX_HTTP_RECORDING_MAX_SERVERS];
+};
+
+// This cycle's figures; null when no location uses the module.
+extern ngx_http_recording_stats_t *ngx_http_recording_stats;
+
+inline void ngx_http_recording_count(ngx_atomic_t ngx_http_recording_stats_t::*counter,
+    ngx_atomic_int_t n = 1) noexcept
+{
+    if (ngx_http_recording_stats != nullptr) {
+        (void) ngx_atomic_fetch_add(&(ngx_http_recording_stats->*counter), n);
+    }
+}
+
+inline void ngx_http_recording_count_outcome(size_t outcome) noexcept
+{
+    if (ngx_http_recording_stats != nullptr) {
+        (void) ngx_atomic_fetch_add(&ngx_http_recording_stats->batches[outcome], 1);
+    }
+}
+
+// One RPUSH round trip into the histogram.
+inline void ngx_http_recording_count_push_duration(uint64_t us) noexcept
+{
+    if (ngx_http_recording_stats != nullptr) {
+        (void) ngx_atomic_fetch_add(&ngx_http_recording_stats->push_duration[recording::push_duration_bucket(us)], 1);
+        (void) ngx_atomic_fetch_add(&ngx_http_recording_stats->push_duration_sum_us,
+                                    static_cast<ngx_atomic_int_t>(us));
+    }
+}
+
+// The counter of workers connected to a server (by slot), or null.
+ngx_atomic_t *ngx_http_recording_server_connections(ngx_int_t slot) noexcept;
+
+// A monotonic clock in microseconds, for round trips.
+uint64_t ngx_http_recording_now_us() noexcept;
+
+struct ngx_http_recording_main_conf_t;
+
+// Zeroed figures in a new zone.
+ngx_http_recording_stats_t *ngx_http_recording_stats_create(ngx_slab_pool_t *shpool) noexcept;
+
+// Makes `stats` this cycle's figures and gives each configured Redis server
+// its slot (by name, so that a reload keeps them).
+void ngx_http_recording_stats_attach(ngx_http_recording_stats_t *stats,
+    ngx_http_recording_main_conf_t *rmcf) noexcept;
