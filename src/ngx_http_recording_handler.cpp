@@ -95,12 +95,44 @@ RequestState *get_state(ngx_http_request_t *r)
     return static_cast<RequestState *>(ngx_http_get_module_ctx(r, ngx_http_recording_module));
 }
 
+ngx_str_t literal(std::string_view s)
+{
+    return {s.size(), (u_char *) s.data()};
+}
+
 std::string_view view(const ngx_str_t &s)
 {
     return {reinterpret_cast<const char *>(s.data), s.len};
 }
 
 }  // namespace
+
+ngx_int_t ngx_http_recording_send(ngx_http_request_t *r, ngx_uint_t status, std::string_view content_type,
+                                  std::string_view body)
+{
+    r->headers_out.status = status;
+    r->headers_out.content_type = literal(content_type);
+    r->headers_out.content_type_len = content_type.size();
+    r->headers_out.content_type_lowcase = nullptr;
+    r->headers_out.content_length_n = static_cast<off_t>(body.size());
+
+    ngx_int_t rc = ngx_http_send_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+    ngx_buf_t *b = static_cast<ngx_buf_t *>(ngx_calloc_buf(r->pool));
+    if (b == nullptr) {
+        return NGX_ERROR;
+    }
+    b->pos = (u_char *) body.data();
+    b->last = b->pos + body.size();
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    ngx_chain_t out = {b, nullptr};
+    return ngx_http_output_filter(r, &out);
+}
 
 ngx_table_elt_t *ngx_http_recording_find_header(ngx_http_request_t *r, std::string_view lowcase_name,
                                                 ngx_uint_t *count)
@@ -138,11 +170,6 @@ bool add_header(ngx_http_request_t *r, std::string_view key, ngx_str_t value)
     return true;
 }
 
-ngx_str_t literal(std::string_view s)
-{
-    return {s.size(), (u_char *) s.data()};
-}
-
 // CONTRACT.md: every answer to a request with an Origin carries these.
 bool add_cors_headers(ngx_http_request_t *r)
 {
@@ -174,32 +201,11 @@ ngx_int_t send_preflight(ngx_http_request_t *r)
 ngx_int_t send_response(ngx_http_request_t *r, Outcome outcome)
 {
     recording::Response response = recording::response_for(outcome);
-
     if (outcome == Outcome::method_not_allowed && !add_header(r, "Allow", literal("POST, OPTIONS"))) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    r->headers_out.status = static_cast<ngx_uint_t>(response.status);
-    r->headers_out.content_type = literal("application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = nullptr;
-    r->headers_out.content_length_n = static_cast<off_t>(response.body.size());
-
-    ngx_int_t rc = ngx_http_send_header(r);
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-    ngx_buf_t *b = static_cast<ngx_buf_t *>(ngx_calloc_buf(r->pool));
-    if (b == nullptr) {
-        return NGX_ERROR;
-    }
-    b->pos = (u_char *) response.body.data();
-    b->last = b->pos + response.body.size();
-    b->memory = 1;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    ngx_chain_t out = {b, nullptr};
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_recording_send(r, static_cast<ngx_uint_t>(response.status), "application/json",
+                                   response.body);
 }
 
 ngx_str_t request_id(ngx_http_request_t *r)

@@ -52,6 +52,10 @@ struct ngx_http_recording_loc_conf_t {
 ngx_int_t ngx_http_recording_handler(ngx_http_request_t *r) noexcept;
 ngx_int_t ngx_http_recording_add_variables(ngx_conf_t *cf) noexcept;
 
+// Answers with `body`, which must live as long as the request.
+ngx_int_t ngx_http_recording_send(ngx_http_request_t *r, ngx_uint_t status,
+    std::string_view content_type, std::string_view body);
+
 // The first value of a request header nginx keeps no field for, and how
 // many times it was sent.
 ngx_table_elt_t *ngx_http_recording_find_header(ngx_http_request_t *r,

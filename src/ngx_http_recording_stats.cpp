@@ -59,28 +59,15 @@ recording::MetricsSnapshot snapshot(const ngx_http_recording_stats_t &s,
     return m;
 }
 
-ngx_int_t send_status(ngx_http_request_t *r, std::string body, std::string_view content_type)
+// Answers with `body`, copied to the request's pool to outlive this call.
+ngx_int_t send_status(ngx_http_request_t *r, const std::string &body, std::string_view content_type)
 {
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_type.len = content_type.size();
-    r->headers_out.content_type.data = (u_char *) content_type.data();
-    r->headers_out.content_type_len = content_type.size();
-    r->headers_out.content_type_lowcase = nullptr;
-    r->headers_out.content_length_n = static_cast<off_t>(body.size());
-
-    ngx_int_t rc = ngx_http_send_header(r);
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-    ngx_buf_t *b = ngx_create_temp_buf(r->pool, body.size());
-    if (b == nullptr) {
+    auto *copy = static_cast<char *>(ngx_pnalloc(r->pool, body.size()));
+    if (copy == nullptr) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    b->last = ngx_cpymem(b->pos, body.data(), body.size());
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-    ngx_chain_t out = {b, nullptr};
-    return ngx_http_output_filter(r, &out);
+    ngx_memcpy(copy, body.data(), body.size());
+    return ngx_http_recording_send(r, NGX_HTTP_OK, content_type, {copy, body.size()});
 }
 
 }  // namespace

@@ -15,13 +15,27 @@ std::array<uint64_t, 3> replies(const MetricsSnapshot& m)
     return {m.replies_ok, m.replies_error, m.replies_none};
 }
 
+// The histogram's buckets as both formats show them: cumulative, labelled
+// by their upper bound.
+struct Bucket {
+    std::string_view bound;
+    uint64_t count;
+};
+
+std::array<Bucket, kPushDurationBuckets> cumulative_buckets(const MetricsSnapshot& m)
+{
+    std::array<Bucket, kPushDurationBuckets> buckets;
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < kPushDurationBuckets; i++) {
+        cumulative += m.push_duration[i];
+        buckets[i] = {i < kPushDurationBoundLabels.size() ? kPushDurationBoundLabels[i] : "+Inf", cumulative};
+    }
+    return buckets;
+}
+
 uint64_t push_count(const MetricsSnapshot& m)
 {
-    uint64_t n = 0;
-    for (uint64_t c : m.push_duration) {
-        n += c;
-    }
-    return n;
+    return cumulative_buckets(m).back().count;
 }
 
 std::string seconds(uint64_t us)
@@ -77,6 +91,13 @@ void sample(std::string& out, std::string_view name, std::string_view labels, st
 void sample(std::string& out, std::string_view name, std::string_view labels, uint64_t value)
 {
     sample(out, name, labels, std::to_string(value));
+}
+
+// A family of one sample without labels.
+void single(std::string& out, std::string_view name, std::string_view type, std::string_view help, uint64_t value)
+{
+    family(out, name, type, help);
+    sample(out, name, "", value);
 }
 
 std::string label(std::string_view name, std::string_view value)
@@ -152,11 +173,8 @@ std::string render_json(const MetricsSnapshot& m)
                 JsonObject histogram(redis.key("push_duration_seconds"));
                 {
                     JsonObject buckets(histogram.key("buckets"));
-                    uint64_t cumulative = 0;
-                    for (size_t i = 0; i < kPushDurationBuckets; i++) {
-                        cumulative += m.push_duration[i];
-                        buckets.number(i < kPushDurationBoundLabels.size() ? kPushDurationBoundLabels[i] : "+Inf",
-                                       cumulative);
+                    for (const Bucket& bucket : cumulative_buckets(m)) {
+                        buckets.number(bucket.bound, bucket.count);
                     }
                 }
                 histogram.key("sum") += seconds(m.push_duration_sum_us);
@@ -184,49 +202,37 @@ std::string render_prometheus(const MetricsSnapshot& m)
     for (size_t i = 0; i < kOutcomeCount; i++) {
         sample(out, "batches_total", label("outcome", outcome_name(static_cast<Outcome>(i))), m.batches[i]);
     }
-    family(out, "preflights_total", "counter", "CORS preflight (OPTIONS) requests answered.");
-    sample(out, "preflights_total", "", m.preflights);
-    family(out, "received_bytes_total", "counter", "Request body bytes received, before decoding.");
-    sample(out, "received_bytes_total", "", m.received_bytes);
-    family(out, "decoded_bytes_total", "counter", "Request body bytes after decoding.");
-    sample(out, "decoded_bytes_total", "", m.decoded_bytes);
+    single(out, "preflights_total", "counter", "CORS preflight (OPTIONS) requests answered.", m.preflights);
+    single(out, "received_bytes_total", "counter", "Request body bytes received, before decoding.", m.received_bytes);
+    single(out, "decoded_bytes_total", "counter", "Request body bytes after decoding.", m.decoded_bytes);
 
     family(out, "redis_commands_total", "counter", "Commands sent to Redis.");
     sample(out, "redis_commands_total", label("command", "rpush"), m.rpush_commands);
     sample(out, "redis_commands_total", label("command", "hmget"), m.hmget_commands);
-    family(out, "redis_pushed_elements_total", "counter", "Queue elements Redis acknowledged.");
-    sample(out, "redis_pushed_elements_total", "", m.pushed_elements);
+    single(out, "redis_pushed_elements_total", "counter", "Queue elements Redis acknowledged.", m.pushed_elements);
     family(out, "redis_replies_total", "counter",
            "Replies from Redis: ok, error (an error reply) or none (refused, lost or timed out).");
     auto counts = replies(m);
     for (size_t i = 0; i < kReplyKinds.size(); i++) {
         sample(out, "redis_replies_total", label("kind", kReplyKinds[i]), counts[i]);
     }
-    family(out, "redis_reconnects_total", "counter", "Attempts to connect to Redis after each worker's first.");
-    sample(out, "redis_reconnects_total", "", m.reconnects);
+    single(out, "redis_reconnects_total", "counter", "Attempts to connect to Redis after each worker's first.", m.reconnects);
     family(out, "redis_connections", "gauge", "Workers connected to each Redis server now.");
     for (const ServerMetrics& s : m.servers) {
         sample(out, "redis_connections", label("server", s.name), s.connections);
     }
-    family(out, "redis_inflight_elements", "gauge", "Queue elements sent to Redis and not yet acknowledged.");
-    sample(out, "redis_inflight_elements", "", m.inflight_elements);
+    single(out, "redis_inflight_elements", "gauge", "Queue elements sent to Redis and not yet acknowledged.", m.inflight_elements);
 
     family(out, "redis_push_duration_seconds", "histogram", "Round trip of RPUSH, from sending to the reply.");
-    uint64_t cumulative = 0;
-    for (size_t i = 0; i < kPushDurationBuckets; i++) {
-        cumulative += m.push_duration[i];
-        std::string_view bound = i < kPushDurationBoundLabels.size() ? kPushDurationBoundLabels[i] : "+Inf";
-        sample(out, "redis_push_duration_seconds_bucket", label("le", bound), cumulative);
+    for (const Bucket& bucket : cumulative_buckets(m)) {
+        sample(out, "redis_push_duration_seconds_bucket", label("le", bucket.bound), bucket.count);
     }
     sample(out, "redis_push_duration_seconds_sum", "", seconds(m.push_duration_sum_us));
     sample(out, "redis_push_duration_seconds_count", "", push_count(m));
 
-    family(out, "site_cache_hits_total", "counter", "Batches whose site settings came from the shared cache.");
-    sample(out, "site_cache_hits_total", "", m.site_cache_hits);
-    family(out, "site_cache_misses_total", "counter", "Batches that waited for site settings from Redis.");
-    sample(out, "site_cache_misses_total", "", m.site_cache_misses);
-    family(out, "site_cache_entries", "gauge", "Sites in the shared cache.");
-    sample(out, "site_cache_entries", "", m.site_cache_entries);
+    single(out, "site_cache_hits_total", "counter", "Batches whose site settings came from the shared cache.", m.site_cache_hits);
+    single(out, "site_cache_misses_total", "counter", "Batches that waited for site settings from Redis.", m.site_cache_misses);
+    single(out, "site_cache_entries", "gauge", "Sites in the shared cache.", m.site_cache_entries);
     return out;
 }
 
