@@ -203,25 +203,29 @@ std::string render_prometheus(const MetricsSnapshot& m)
         sample(out, "batches_total", label("outcome", outcome_name(static_cast<Outcome>(i))), m.batches[i]);
     }
     single(out, "preflights_total", "counter", "CORS preflight (OPTIONS) requests answered.", m.preflights);
-    single(out, "received_bytes_total", "counter", "Request body bytes received, before decoding.", m.received_bytes);
+    single(out, "received_bytes_total", "counter", "Request body bytes received, before decoding.",
+           m.received_bytes);
     single(out, "decoded_bytes_total", "counter", "Request body bytes after decoding.", m.decoded_bytes);
 
     family(out, "redis_commands_total", "counter", "Commands sent to Redis.");
     sample(out, "redis_commands_total", label("command", "rpush"), m.rpush_commands);
     sample(out, "redis_commands_total", label("command", "hmget"), m.hmget_commands);
-    single(out, "redis_pushed_elements_total", "counter", "Queue elements Redis acknowledged.", m.pushed_elements);
+    single(out, "redis_pushed_elements_total", "counter", "Queue elements Redis acknowledged.",
+           m.pushed_elements);
     family(out, "redis_replies_total", "counter",
            "Replies from Redis: ok, error (an error reply) or none (refused, lost or timed out).");
     auto counts = replies(m);
     for (size_t i = 0; i < kReplyKinds.size(); i++) {
         sample(out, "redis_replies_total", label("kind", kReplyKinds[i]), counts[i]);
     }
-    single(out, "redis_reconnects_total", "counter", "Attempts to connect to Redis after each worker's first.", m.reconnects);
+    single(out, "redis_reconnects_total", "counter", "Attempts to connect to Redis after each worker's first.",
+           m.reconnects);
     family(out, "redis_connections", "gauge", "Workers connected to each Redis server now.");
     for (const ServerMetrics& s : m.servers) {
         sample(out, "redis_connections", label("server", s.name), s.connections);
     }
-    single(out, "redis_inflight_elements", "gauge", "Queue elements sent to Redis and not yet acknowledged.", m.inflight_elements);
+    single(out, "redis_inflight_elements", "gauge", "Queue elements sent to Redis and not yet acknowledged.",
+           m.inflight_elements);
 
     family(out, "redis_push_duration_seconds", "histogram", "Round trip of RPUSH, from sending to the reply.");
     for (const Bucket& bucket : cumulative_buckets(m)) {
@@ -230,8 +234,10 @@ std::string render_prometheus(const MetricsSnapshot& m)
     sample(out, "redis_push_duration_seconds_sum", "", seconds(m.push_duration_sum_us));
     sample(out, "redis_push_duration_seconds_count", "", push_count(m));
 
-    single(out, "site_cache_hits_total", "counter", "Batches whose site settings came from the shared cache.", m.site_cache_hits);
-    single(out, "site_cache_misses_total", "counter", "Batches that waited for site settings from Redis.", m.site_cache_misses);
+    single(out, "site_cache_hits_total", "counter", "Batches whose site settings came from the shared cache.",
+           m.site_cache_hits);
+    single(out, "site_cache_misses_total", "counter", "Batches that waited for site settings from Redis.",
+           m.site_cache_misses);
     single(out, "site_cache_entries", "gauge", "Sites in the shared cache.", m.site_cache_entries);
     return out;
 }
