@@ -241,3 +241,45 @@ POST /r?site=12345678901
 {"session_id":"abc","seq":0,"events":[{"type":3,"timestamp":1}]}
 --- error_code: 404
 --- response_body: {"error":"unknown_site"}
+
+
+
+=== TEST 21: the site cache TTL must be a time
+--- http_config
+    recording_site_cache_ttl soon;
+--- must_die
+--- error_log
+"recording_site_cache_ttl" directive invalid value
+
+
+
+=== TEST 22: a unix socket address needs a path
+--- config
+    location /r {
+        recording_redis unix:;
+    }
+--- must_die
+--- error_log
+no path in the unix domain socket in "recording_redis" address "unix:"
+
+
+
+=== TEST 23: a Redis address needs a host
+--- config
+    location /r {
+        recording_redis :6379;
+    }
+--- must_die
+--- error_log
+no host in "recording_redis" address ":6379"
+
+
+
+=== TEST 24: recording_status takes no arguments
+--- config
+    location /s {
+        recording_status on;
+    }
+--- must_die
+--- error_log
+invalid number of arguments in "recording_status" directive
