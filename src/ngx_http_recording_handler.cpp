@@ -56,7 +56,7 @@ struct RequestState {
     bool preflight = false;
     std::string queue;                        // the key pushed to
     std::optional<size_t> decoded_bytes;
-    std::optional<uint64_t> redis_time_us;    // from sending RPUSH to its reply
+    std::optional<uint64_t> redis_time_us;    // from sending RPUSH to its acknowledgement
 
     ~RequestState()
     {
@@ -292,7 +292,9 @@ public:
 
         RequestState *state = resume(waiter_);
         if (state != nullptr) {
-            state->redis_time_us = round_trip;
+            if (acknowledged) {
+                state->redis_time_us = round_trip;
+            }
             finish(*state, acknowledged ? Outcome::queued : Outcome::queue_unavailable, true);
         }
         delete this;

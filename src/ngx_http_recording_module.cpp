@@ -260,6 +260,9 @@ char *set_ingest(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept
 
     auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
         ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+    if (clcf->handler != nullptr) {
+        return const_cast<char *>("cannot share a location with another content handler such as \"recording_status\"");
+    }
     clcf->handler = ngx_http_recording_handler;
 
     auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
@@ -281,6 +284,9 @@ char *set_status(ngx_conf_t *cf, ngx_command_t *, void *) noexcept
         ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
     if (clcf->handler == ngx_http_recording_status_handler) {
         return const_cast<char *>("is duplicate");
+    }
+    if (clcf->handler != nullptr) {
+        return const_cast<char *>("cannot share a location with another content handler such as \"recording_ingest\"");
     }
     clcf->handler = ngx_http_recording_status_handler;
 
@@ -339,6 +345,10 @@ ngx_int_t postconfiguration(ngx_conf_t *cf) noexcept
         ngx_http_conf_get_module_main_conf(cf, ngx_http_recording_module));
     if (!rmcf->ingest_used && !rmcf->status_used) {
         return NGX_OK;
+    }
+    // The figures' zone first: the cache's setup counts its entries there.
+    if (ngx_http_recording_stats_init_zone(cf, rmcf) != NGX_OK) {
+        return NGX_ERROR;
     }
     return ngx_http_recording_site_cache_init_zone(cf, rmcf);
 }

@@ -29,19 +29,17 @@ struct site_node_t {
 };
 
 struct site_cache_sh_t {
-    ngx_rbtree_t                 tree;
-    ngx_rbtree_node_t            sentinel;
-    ngx_queue_t                  lru;    // most recently used first
-    ngx_http_recording_stats_t  *stats;  // the zone holds the figures too
+    ngx_rbtree_t       tree;
+    ngx_rbtree_node_t  sentinel;
+    ngx_queue_t        lru;       // most recently used first
 };
 
 struct site_cache_t {
-    site_cache_sh_t                 *sh;
-    ngx_slab_pool_t                 *shpool;
-    ngx_http_recording_main_conf_t  *rmcf;
+    site_cache_sh_t   *sh;
+    ngx_slab_pool_t   *shpool;
 };
 
-ngx_str_t zone_name = ngx_string("recording");
+ngx_str_t zone_name = ngx_string("recording_site_cache");
 
 bool expired(ngx_msec_t deadline) noexcept
 {
@@ -68,13 +66,11 @@ ngx_int_t init_zone(ngx_shm_zone_t *zone, void *data) noexcept
         auto *old = static_cast<site_cache_t *>(data);
         cache->sh = old->sh;
         cache->shpool = old->shpool;
-        ngx_http_recording_stats_attach(cache->sh->stats, cache->rmcf);
         return NGX_OK;
     }
     cache->shpool = reinterpret_cast<ngx_slab_pool_t *>(zone->shm.addr);
     if (zone->shm.exists) {
         cache->sh = static_cast<site_cache_sh_t *>(cache->shpool->data);
-        ngx_http_recording_stats_attach(cache->sh->stats, cache->rmcf);
         return NGX_OK;
     }
     auto *sh = static_cast<site_cache_sh_t *>(ngx_slab_alloc(cache->shpool, sizeof(site_cache_sh_t)));
@@ -85,13 +81,12 @@ ngx_int_t init_zone(ngx_shm_zone_t *zone, void *data) noexcept
     cache->shpool->data = sh;
     ngx_rbtree_init(&sh->tree, &sh->sentinel, ngx_str_rbtree_insert_value);
     ngx_queue_init(&sh->lru);
-    sh->stats = ngx_http_recording_stats_create(cache->shpool);
-    if (sh->stats == nullptr) {
-        return NGX_ERROR;
+    // A new, empty cache (the figures' zone, set up before, may be an old one).
+    if (ngx_http_recording_stats != nullptr) {
+        ngx_http_recording_stats->site_cache_entries = 0;
     }
-    ngx_http_recording_stats_attach(sh->stats, cache->rmcf);
 
-    static const char ctx[] = " in recording zone \"recording\"";
+    static const char ctx[] = " in recording site cache zone \"recording_site_cache\"";
     cache->shpool->log_ctx = static_cast<u_char *>(ngx_slab_alloc(cache->shpool, sizeof(ctx)));
     if (cache->shpool->log_ctx != nullptr) {
         ngx_memcpy(cache->shpool->log_ctx, ctx, sizeof(ctx));
@@ -116,7 +111,7 @@ site_node_t *allocate_locked(site_cache_t *cache, size_t key_length) noexcept
         ngx_queue_remove(q);
         ngx_rbtree_delete(&cache->sh->tree, &victim->sn.node);
         ngx_slab_free_locked(cache->shpool, victim);
-        (void) ngx_atomic_fetch_add(&cache->sh->stats->site_cache_entries, -1);
+        ngx_http_recording_count(&ngx_http_recording_stats_t::site_cache_entries, -1);
     }
     return nullptr;
 }
@@ -129,7 +124,6 @@ ngx_int_t ngx_http_recording_site_cache_init_zone(ngx_conf_t *cf, ngx_http_recor
     if (cache == nullptr) {
         return NGX_ERROR;
     }
-    cache->rmcf = rmcf;
     rmcf->site_cache = ngx_shared_memory_add(cf, &zone_name, static_cast<size_t>(rmcf->site_cache_size),
                                              &ngx_http_recording_module);
     if (rmcf->site_cache == nullptr) {
@@ -186,7 +180,7 @@ void ngx_http_recording_site_cache_put(ngx_shm_zone_t *zone, std::string_view ke
             node->sn.node.key = ngx_crc32_short(node->key, key.size());
             ngx_rbtree_insert(&cache->sh->tree, &node->sn.node);
             ngx_queue_insert_head(&cache->sh->lru, &node->lru);
-            (void) ngx_atomic_fetch_add(&cache->sh->stats->site_cache_entries, 1);
+            ngx_http_recording_count(&ngx_http_recording_stats_t::site_cache_entries);
         }
     }
     if (node != nullptr) {

@@ -75,10 +75,8 @@ uint64_t ngx_http_recording_now_us() noexcept;
 
 struct ngx_http_recording_main_conf_t;
 
-// Zeroed figures in a new zone.
-ngx_http_recording_stats_t *ngx_http_recording_stats_create(ngx_slab_pool_t *shpool) noexcept;
-
-// Makes `stats` this cycle's figures and gives each configured Redis server
-// its slot (by name, so that a reload keeps them).
-void ngx_http_recording_stats_attach(ngx_http_recording_stats_t *stats,
-    ngx_http_recording_main_conf_t *rmcf) noexcept;
+// The zone "recording_stats": of a fixed size, so that a reload keeps the
+// figures whatever else it changes. Its setup gives each configured Redis
+// server its slot (by name, so that a reload keeps them too).
+ngx_int_t ngx_http_recording_stats_init_zone(ngx_conf_t *cf,
+    ngx_http_recording_main_conf_t *rmcf);

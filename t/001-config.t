@@ -283,3 +283,16 @@ no host in "recording_redis" address ":6379"
 --- must_die
 --- error_log
 invalid number of arguments in "recording_status" directive
+
+
+
+=== TEST 25: recording_status and recording_ingest do not share a location
+--- config
+    location /s {
+        recording_ingest;
+        recording_site_id 1;
+        recording_status;
+    }
+--- must_die
+--- error_log
+"recording_status" directive cannot share a location with another content handler such as "recording_ingest"

@@ -247,7 +247,10 @@ bool wants_prometheus(std::string_view format_argument, std::string_view accept)
     if (format_argument == "prometheus") {
         return true;
     }
-    return accept.find("text/plain") != std::string_view::npos
+    // Prometheus asks for "text/plain;version=0.0.4" or OpenMetrics; a bare
+    // text/plain (as many HTTP clients send among others) is not a request
+    // for the exposition format.
+    return accept.find("version=0.0.4") != std::string_view::npos
            || accept.find("application/openmetrics-text") != std::string_view::npos;
 }
 

@@ -60,7 +60,8 @@ std::string render_json(const MetricsSnapshot& m);
 std::string render_prometheus(const MetricsSnapshot& m);
 
 // Whether a status request asks for Prometheus's format: ?format=prometheus,
-// or an Accept header naming the text exposition or OpenMetrics format.
+// or an Accept header naming the text exposition format (version=0.0.4) or
+// OpenMetrics.
 bool wants_prometheus(std::string_view format_argument, std::string_view accept) noexcept;
 
 }  // namespace recording

@@ -158,4 +158,6 @@ TEST(WantsPrometheus, ByArgumentOrAccept)
     EXPECT_FALSE(wants_prometheus("", "application/json"));
     EXPECT_TRUE(wants_prometheus("", "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"));
     EXPECT_TRUE(wants_prometheus("", "application/openmetrics-text;version=1.0.0"));
+    EXPECT_FALSE(wants_prometheus("", "application/json, text/plain, */*"));  // axios's default
+    EXPECT_FALSE(wants_prometheus("", "text/plain"));
 }
