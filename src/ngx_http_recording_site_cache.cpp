@@ -39,7 +39,7 @@ struct site_cache_t {
     ngx_slab_pool_t   *shpool;
 };
 
-ngx_str_t zone_name = ngx_string("recording_site_cache");
+ngx_str_t site_cache_name = ngx_string("recording_site_cache");
 
 bool expired(ngx_msec_t deadline) noexcept
 {
@@ -62,7 +62,7 @@ ngx_int_t init_zone(ngx_shm_zone_t *zone, void *data) noexcept
 {
     auto *cache = static_cast<site_cache_t *>(zone->data);
     if (data != nullptr) {
-        // A reload: keep the answers the previous cycle cached, and counting.
+        // A reload: keep the answers the previous cycle cached.
         auto *old = static_cast<site_cache_t *>(data);
         cache->sh = old->sh;
         cache->shpool = old->shpool;
@@ -124,13 +124,14 @@ ngx_int_t ngx_http_recording_site_cache_init_zone(ngx_conf_t *cf, ngx_http_recor
     if (cache == nullptr) {
         return NGX_ERROR;
     }
-    rmcf->site_cache = ngx_shared_memory_add(cf, &zone_name, static_cast<size_t>(rmcf->site_cache_size),
+    rmcf->site_cache = ngx_shared_memory_add(cf, &site_cache_name, static_cast<size_t>(rmcf->site_cache_size),
                                              &ngx_http_recording_module);
     if (rmcf->site_cache == nullptr) {
         return NGX_ERROR;
     }
     if (rmcf->site_cache->data != nullptr) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "shared memory zone \"%V\" is already used", &zone_name);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "shared memory zone \"%V\" is already used",
+                           &site_cache_name);
         return NGX_ERROR;
     }
     rmcf->site_cache->init = init_zone;
