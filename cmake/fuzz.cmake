@@ -1,0 +1,1 @@
+# libFuzzer targets; written by the fuzzing work (see scripts/fuzz).
