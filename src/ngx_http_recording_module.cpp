@@ -13,7 +13,7 @@ namespace {
 constexpr ngx_uint_t kDefaultShards = 1;
 constexpr size_t kDefaultMaxDecodedSize = 2 * 1024 * 1024;
 constexpr ngx_uint_t kDefaultMaxEvents = 10000;
-constexpr ngx_uint_t kDefaultMaxDepth = 1000;  // the legacy layer's (lua-cjson)
+constexpr ngx_uint_t kDefaultMaxDepth = 128;  // the legacy layer (lua-cjson) took 1000
 constexpr ngx_msec_t kDefaultRedisTimeout = 1000;
 constexpr ngx_msec_t kDefaultSiteCacheTtl = 60000;
 constexpr ssize_t kDefaultSiteCacheSize = 1024 * 1024;

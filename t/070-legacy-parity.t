@@ -15,12 +15,14 @@ plan(skip_all => 'the legacy layer needs libnginx-mod-http-lua')
     unless -e '/usr/lib/nginx/modules/ngx_http_lua_module.so';
 plan('no_plan');
 
+# recording_max_depth 1000: the legacy layer's limit (the default is 128).
 start_nginx(config => <<'CONF');
     location ~ "^/v1/sites/(?<site_id>[0-9]{1,10})/recordings$" {
         recording_ingest;
         recording_site_id $site_id;
         recording_queue_shards 4;
         recording_country $http_cloudfront_viewer_country;
+        recording_max_depth 1000;
     }
 CONF
 
@@ -117,7 +119,8 @@ same_answer('garbage as gzip', uri => $uri, body => 'xyz', headers => ['Content-
 same_answer('gzip', uri => $uri, body => gzip_bytes(batch('p2')), headers => ['Content-Encoding' => 'gzip']);
 same_answer('deflate', uri => $uri, body => deflate_bytes(batch('p3')), headers => ['Content-Encoding' => 'deflate']);
 
-# Nesting: both accept 1000 levels (lua-cjson's limit) and refuse 1001.
+# Nesting: with recording_max_depth 1000, both accept 1000 levels
+# (lua-cjson's limit) and refuse 1001.
 sub nested_batch {
     my ($levels) = @_;   # the batch object is level 1, events 2, the event 3
     my $inner = '[' x ($levels - 3) . ']' x ($levels - 3);

@@ -12,7 +12,7 @@ namespace recording {
 
 struct ValidationLimits {
     size_t max_events = 10000;
-    unsigned max_depth = 1000;  // nesting levels; the root object is level 1 (lua-cjson's limit)
+    unsigned max_depth = 128;  // nesting levels; the root object is level 1
 };
 
 struct ValidatedBatch {

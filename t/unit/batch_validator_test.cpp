@@ -827,25 +827,32 @@ TEST(Depth, RootObjectIsLevelOne)
     EXPECT_EQ(verdict(R"({"session_id":"abc","seq":0,"events":[]})", limits), "invalid_json");
 }
 
-// The default is the legacy layer's (lua-cjson's decode depth): 1000.
 TEST(Depth, ExactlyMaxDepthIsValid)
 {
-    // Root (level 1) plus 999 nested containers: 1000 levels.
-    EXPECT_EQ(verdict(with_extra(",\"x\":" + nested_arrays(999))), "valid");
-    EXPECT_EQ(verdict(with_extra(",\"x\":" + nested_objects(999))), "valid");
-    // Root, events, event, then 997 levels of data: 1000.
-    EXPECT_EQ(verdict(with_events("[{\"type\":2,\"timestamp\":1,\"data\":" + nested_arrays(997) + "}]")), "valid");
-    EXPECT_EQ(verdict(with_events("[{\"type\":2,\"timestamp\":1,\"data\":" + nested_objects(997) + "}]")), "valid");
+    // Root (level 1) plus 127 nested containers: 128 levels, the default.
+    EXPECT_EQ(verdict(with_extra(",\"x\":" + nested_arrays(127))), "valid");
+    EXPECT_EQ(verdict(with_extra(",\"x\":" + nested_objects(127))), "valid");
+    // Root, events, event, then 125 levels of data: 128.
+    EXPECT_EQ(verdict(with_events("[{\"type\":2,\"timestamp\":1,\"data\":" + nested_arrays(125) + "}]")), "valid");
+    EXPECT_EQ(verdict(with_events("[{\"type\":2,\"timestamp\":1,\"data\":" + nested_objects(125) + "}]")), "valid");
 }
 
 TEST(Depth, OneLevelMoreIsInvalidJson)
 {
-    EXPECT_EQ(verdict(with_extra(",\"x\":" + nested_arrays(1000))), "invalid_json");
-    EXPECT_EQ(verdict(with_extra(",\"x\":" + nested_objects(1000))), "invalid_json");
-    EXPECT_EQ(verdict(with_events("[{\"type\":2,\"timestamp\":1,\"data\":" + nested_arrays(998) + "}]")),
+    EXPECT_EQ(verdict(with_extra(",\"x\":" + nested_arrays(128))), "invalid_json");
+    EXPECT_EQ(verdict(with_extra(",\"x\":" + nested_objects(128))), "invalid_json");
+    EXPECT_EQ(verdict(with_events("[{\"type\":2,\"timestamp\":1,\"data\":" + nested_arrays(126) + "}]")),
               "invalid_json");
-    EXPECT_EQ(verdict(with_events("[{\"type\":2,\"timestamp\":1,\"data\":" + nested_objects(998) + "}]")),
+    EXPECT_EQ(verdict(with_events("[{\"type\":2,\"timestamp\":1,\"data\":" + nested_objects(126) + "}]")),
               "invalid_json");
+}
+
+TEST(Depth, TheLegacyLayersThousandLevels)
+{
+    ValidationLimits limits;
+    limits.max_depth = 1000;
+    EXPECT_EQ(verdict(with_extra(",\"x\":" + nested_arrays(999)), limits), "valid");
+    EXPECT_EQ(verdict(with_extra(",\"x\":" + nested_arrays(1000)), limits), "invalid_json");
 }
 
 TEST(Depth, CustomMaxDepth)
