@@ -100,6 +100,10 @@ bool RedisClient::connect(ngx_msec_t timeout) noexcept
 bool RedisClient::send(std::string_view command, RedisCall *call, ngx_msec_t connect_timeout,
                        ngx_msec_t reply_timeout) noexcept
 {
+    // Deadlines count from now, not from when this event began: decoding and
+    // validating a large batch may have taken longer than the timeout.
+    ngx_time_update();
+
     if (context_ == nullptr && !connect(connect_timeout)) {
         return false;
     }

@@ -109,7 +109,13 @@ public:
     void clear()
     {
         few_.clear();
-        many_.clear();
+        // clear() walks every bucket, however few keys are left: after one
+        // huge object, each of the next objects would pay for it.
+        if (many_.bucket_count() > kFew * 4) {
+            many_ = std::unordered_set<std::string>();
+        } else {
+            many_.clear();
+        }
     }
 
     // Returns false when the key was there already.
