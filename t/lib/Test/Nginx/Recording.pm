@@ -70,6 +70,24 @@ package Test::Nginx::Recording;
 # set to '' to run plain nginx: no load_module and no default recording_redis),
 # TEST_NGINX_BINARY (default /usr/sbin/nginx), TEST_NGINX_REDIS_SERVER (default
 # redis-server from PATH), TEST_NGINX_NO_CLEAN=1 keeps the temp directory.
+#
+# Valgrind mode: TEST_NGINX_USE_VALGRIND=1 runs nginx (and `nginx -t` for
+# must_die blocks) under valgrind's memcheck, master and workers alike (one
+# log per process: <servroot>/logs/valgrind.<pid>.log); any value other than
+# 0 or 1 is taken as extra valgrind options, e.g.
+# TEST_NGINX_USE_VALGRIND='--track-origins=yes'.  Startup waits 10 times,
+# request timeouts (http_request, concurrent_requests, poll_until) 5 times and
+# the graceful stop 6 times longer.  Every nginx run gets ONE more test, after
+# it stops: "valgrind: no invalid access or definite leak from the module".
+# It fails on any memcheck error (invalid read/write/free, uninitialised
+# value, ...) or definite leak with a stack frame of the module (its .so, its
+# functions and sources, hiredis), and on a process killed by a signal;
+# errors and leaks wholly inside nginx or the libraries it uses pass.  In
+# blocks that is one more test per block (planned_tests() counts it); in
+# procedural tests stop_nginx() adds it (and start_nginx() when it stops a
+# running nginx).  valgrind_problems($log_text) is that check on the text of
+# valgrind logs: it returns the offending records.  use_valgrind() is true in
+# this mode.
 
 use strict;
 use warnings;
@@ -100,6 +118,7 @@ our @EXPORT = qw(
     redis_cmd redis_cmd_raw redis_port redis_start redis_stop redis_restart
     gzip_bytes deflate_bytes raw_deflate_bytes
     concurrent_requests poll_until count_matches crash_lines no_crash ingest_location
+    use_valgrind valgrind_problems
 );
 
 # --------------------------------------------------------------------------
@@ -117,7 +136,25 @@ $MODULE = File::Spec->rel2abs($MODULE) if length $MODULE;
 my $NGINX        = $ENV{TEST_NGINX_BINARY}       || '/usr/sbin/nginx';
 my $REDIS_SERVER = $ENV{TEST_NGINX_REDIS_SERVER} || 'redis-server';
 
-my $START_TIMEOUT = 10;   # seconds to wait for nginx/redis to come up
+# Valgrind mode (the Test::Nginx convention): TEST_NGINX_USE_VALGRIND=1 runs
+# nginx under memcheck; any other value (but 0) is extra valgrind options.
+my $VALGRIND = $ENV{TEST_NGINX_USE_VALGRIND} // '';
+$VALGRIND = '' if $VALGRIND =~ /^\s*0?\s*$/;
+my $USE_VALGRIND = length($VALGRIND) > 0;
+my @VALGRIND_OPTS = (
+    '--tool=memcheck', '--leak-check=full', '--show-leak-kinds=definite',
+    '--errors-for-leak-kinds=definite', '--num-callers=40', '--trace-children=yes',
+    # nginx dlclose()s the module when it frees a cycle (on exit, on reload)
+    # before the leak check: keep its symbols so leak stacks still name it.
+    '--keep-debuginfo=yes',
+    ($VALGRIND eq '1' ? () : split(' ', $VALGRIND)),
+);
+sub use_valgrind { $USE_VALGRIND }
+
+# Valgrind makes nginx 10-50 times slower: wait longer for everything it does.
+my $START_TIMEOUT = 10 * ($USE_VALGRIND ? 10 : 1);   # nginx/redis coming up
+my $STOP_TIMEOUT  = 5  * ($USE_VALGRIND ? 6 : 1);    # graceful stop (SIGQUIT)
+my $TIME_FACTOR   = $USE_VALGRIND ? 5 : 1;           # request timeouts
 our $REDIS_TIMEOUT = 10;  # seconds for one redis round trip
 
 my $OWNER_PID = $$;       # only this process cleans up in END
@@ -138,6 +175,9 @@ my $STDERR_LOG = "$SERVROOT/logs/nginx.stderr";
 my $NGINX_PID;            # nginx master (our child), if running
 my $REDIS_PID;            # redis-server (our child), if running
 my $MODULE_CHECKED;
+my %VG_RUN;               # valgrind mode: the current nginx run (started => where)
+my $VG_RUNS = 0;          # nginx runs whose valgrind logs were checked
+our $IN_BLOCK;            # run_tests() is running a block
 
 sub repeat_each { 1 }
 sub servroot    { $SERVROOT }
@@ -150,7 +190,14 @@ sub redis_port  { $REDIS_PORT }
 END {
     if ($$ == $OWNER_PID) {
         local ($?, $!, $@);
-        eval { stop_nginx() };
+        eval { _stop_nginx() };
+        # Too late for a test (the plan is done): say it at least.
+        if ($USE_VALGRIND && %VG_RUN) {
+            my @problems = eval { _valgrind_collect() };
+            print STDERR "# valgrind: problems from the module in the last nginx run:\n",
+                map { s/^/#   /mgr } @problems
+                if @problems;
+        }
         eval { redis_stop() };
         if ($ENV{TEST_NGINX_NO_CLEAN}) {
             print STDERR "# TEST_NGINX_NO_CLEAN: keeping $SERVROOT\n";
@@ -489,6 +536,9 @@ sub _check_module {
         if length $MODULE && !-f $MODULE;
     Test::More::BAIL_OUT("nginx binary $NGINX not found (set TEST_NGINX_BINARY)")
         unless -x $NGINX;
+    Test::More::BAIL_OUT("TEST_NGINX_USE_VALGRIND is set but valgrind is not installed "
+                         . "(scripts/test-valgrind installs it)")
+        if $USE_VALGRIND && !grep { -x "$_/valgrind" } File::Spec->path;
 }
 
 sub _default_redis { my (%sec) = @_; return length($MODULE) && !$sec{no_default_redis} }
@@ -528,6 +578,14 @@ sub _write_config {
 
 sub _nginx_cmd { return ($NGINX, '-p', "$SERVROOT/", '-c', 'conf/nginx.conf', '-e', 'logs/error.log') }
 
+# The command that runs nginx with @args: under valgrind in valgrind mode.
+sub _run_cmd {
+    my @cmd = @_;
+    return @cmd unless $USE_VALGRIND;
+    $VG_RUN{started} //= _outside_caller();
+    return ('valgrind', @VALGRIND_OPTS, "--log-file=$SERVROOT/logs/valgrind.%p.log", @cmd);
+}
+
 sub _log_tail { return _tail(_slurp($STDERR_LOG) . _slurp($ERROR_LOG)) }
 
 # Start nginx (stopping a running one first) with the given sections; dies
@@ -539,7 +597,8 @@ sub start_nginx {
     redis_start() if _default_redis(%sec);
     _write_config(%sec);
     _spew($_, '') for $ERROR_LOG, $STDERR_LOG;   # one log per start
-    my $pid = $NGINX_PID = _spawn([_nginx_cmd()], $STDERR_LOG);
+    my $pid = $NGINX_PID = _spawn([_run_cmd(_nginx_cmd())], $STDERR_LOG);
+    @VG_RUN{qw(pid what)} = ($pid, 'the nginx master') if $USE_VALGRIND;
     my $deadline = time + $START_TIMEOUT;
     while (1) {
         if (my $sock = _connect($SERVER_PORT, 1)) { close $sock; return 1 }
@@ -557,13 +616,22 @@ sub start_nginx {
 
 # Stop nginx: SIGQUIT (graceful), then SIGTERM, then SIGKILL of master and
 # workers.  Returns 1 when the graceful stop worked (also when nothing ran).
-my $LAST_STOP_GRACEFUL = 1;
+# In valgrind mode, outside blocks, one more test checks that run's logs.
 sub stop_nginx {
+    my $ran = $NGINX_PID;
+    my $graceful = _stop_nginx();
+    _check_valgrind('nginx started at ' . ($VG_RUN{started} // 'unknown place'))
+        if $USE_VALGRIND && $ran && !$IN_BLOCK;
+    return $graceful;
+}
+
+my $LAST_STOP_GRACEFUL = 1;
+sub _stop_nginx {
     return 1 unless $NGINX_PID;
     my $pid = $NGINX_PID;
     undef $NGINX_PID;
     kill QUIT => $pid;
-    my $st = _wait_exit($pid, 5);
+    my $st = _wait_exit($pid, $STOP_TIMEOUT);
     $LAST_STOP_GRACEFUL = defined $st;
     unless (defined $st) {
         kill TERM => $pid;
@@ -606,7 +674,8 @@ sub error_log_text { return _slurp($ERROR_LOG) }
 sub _nginx_test_config {
     my $out = "$SERVROOT/logs/nginx-t.out";
     _spew($out, '');
-    my $pid = _spawn([$NGINX, '-t', (_nginx_cmd())[1 .. 6]], $out);
+    my $pid = _spawn([_run_cmd($NGINX, '-t', (_nginx_cmd())[1 .. 6])], $out);
+    @VG_RUN{qw(pid what)} = ($pid, 'nginx -t') if $USE_VALGRIND;
     my $st = _wait_exit($pid, $START_TIMEOUT);
     unless (defined $st) {
         kill KILL => $pid;
@@ -614,6 +683,123 @@ sub _nginx_test_config {
         $st = -1;
     }
     return ($st, _slurp($out));
+}
+
+# --------------------------------------------------------------------------
+# Valgrind mode: the check of the logs of one nginx run
+# --------------------------------------------------------------------------
+
+# "FILE line N" of the innermost caller outside this file.
+sub _outside_caller {
+    for (my $i = 0; my @c = caller($i); $i++) {
+        return "$c[1] line $c[2]" if $c[1] ne __FILE__;
+    }
+    return 'unknown place';
+}
+
+# What makes a stack frame the module's: its .so (frames without debug
+# info), its function names and source files, and hiredis (only the module
+# links it).  rapidjson is header-only and only the module uses it.
+my $MODULE_FRAME_RE = do {
+    my %files;
+    my @dirs = ("$REPO/src");   # src/, src/core/, ...
+    while (defined(my $dir = shift @dirs)) {
+        opendir my $d, $dir or next;
+        for my $f (readdir $d) {
+            next if $f =~ /^\./;
+            if (-d "$dir/$f") { push @dirs, "$dir/$f"; next }
+            $files{$f} = 1 if $f =~ /\.(?:c|cc|cpp|cxx|h|hh|hpp)\z/;
+        }
+    }
+    my $so = length $MODULE ? (File::Spec->splitpath($MODULE))[2] : '';
+    my @alt = (
+        'ngx_http_recording_module\.so',
+        ($so ne '' ? quotemeta($so) : ()),
+        '\bngx_http_recording_\w',
+        '\brecording::',
+        '\bRedisClient\b',
+        '\b_*redis[A-Z]\w*',
+        '\blibhiredis\b',
+        '\brapidjson::',
+        (%files ? '\((?:' . join('|', map { quotemeta } sort keys %files) . '):\d+\)' : ()),
+    );
+    my $alt = join '|', @alt;
+    qr/$alt/;
+};
+
+# Records of valgrind log text (one log, or several processes' interleaved:
+# records are kept apart by pid) that are problems from the module:
+#   * any memcheck error (invalid read/write/free, mismatched free, use of
+#     an uninitialised value, bad syscall argument, overlap, ...) or a
+#     definitely lost block, with at least one stack frame of the module
+#     (in any of its stacks: access, allocation, free, origin);
+#   * "Process terminating with default action of signal", whoever's.
+# Records wholly inside nginx or its libraries pass; possibly/indirectly lost
+# and still reachable blocks, warnings and summaries are not problems.
+# Returns the offending records as text (each "==pid== ..." line, "\n" ended).
+sub valgrind_problems {
+    my ($text) = @_;
+    my (%open, @records);   # pid => lines of the record being read
+    for my $line (split /\n/, $text // '') {
+        my ($pid, $body) = $line =~ /^==(\d+)==(?: ?(.*))?$/ or next;
+        $body //= '';
+        if ($body =~ /^\s*$/) {
+            push @records, delete $open{$pid} if $open{$pid};
+            next;
+        }
+        push @{ $open{$pid} ||= [] }, $line;
+    }
+    push @records, grep { $_ } map { $open{$_} } sort keys %open;
+
+    my @problems;
+    for my $rec (@records) {
+        my @body = map { /^==\d+== ?(.*)$/ ? $1 : $_ } @$rec;
+        shift @body while @body && $body[0] =~ /^Thread \d+/;   # "Thread 2:" / "Thread 2 name:"
+        next unless @body;
+        my $head = $body[0];
+        my @frames = grep { /^\s*(?:at|by) 0x[0-9A-Fa-f]+: / } @body;
+        my $bad;
+        if ($head =~ /^Process terminating with default action of signal/) {
+            $bad = 1;
+        } elsif ($head =~ /\bare (?:definitely|indirectly|possibly) lost\b|\bstill reachable\b/) {
+            $bad = $head =~ /\bare definitely lost\b/ && grep { /$MODULE_FRAME_RE/ } @frames;
+        } elsif (@frames && $head !~ /^(?:Warning|Open (?:file descriptor|\w+ socket))\b/i) {
+            $bad = grep { /$MODULE_FRAME_RE/ } @frames;
+        }
+        push @problems, join('', map { "$_\n" } @$rec) if $bad;
+    }
+    return @problems;
+}
+
+# Reads and sets aside the valgrind logs of the nginx run that just ended;
+# returns its problems, each prefixed with the log it comes from.
+sub _valgrind_collect {
+    my @logs = sort glob("$SERVROOT/logs/valgrind.*.log");
+    my $run = ++$VG_RUNS;
+    my @problems;
+    push @problems, "no valgrind log in $SERVROOT/logs: did valgrind run at all?\n"
+        if %VG_RUN && !@logs;
+    my $keep = "$SERVROOT/logs/valgrind-runs/$run";
+    make_path($keep) if @logs;
+    for my $log (@logs) {
+        my ($base) = $log =~ m{([^/]+)\z};
+        my ($pid) = $base =~ /(\d+)/;
+        my $who = defined $VG_RUN{pid} && $pid == $VG_RUN{pid} ? $VG_RUN{what}
+                : 'a worker or other child of nginx';
+        push @problems, map { "in $base ($who):\n$_" } valgrind_problems(_slurp($log));
+        rename $log, "$keep/$base";
+    }
+    %VG_RUN = ();
+    return @problems;
+}
+
+# One test: the nginx run that just ended left no problem from the module in
+# its valgrind logs.
+sub _check_valgrind {
+    my ($name) = @_;
+    my @problems = _valgrind_collect();
+    ok(!@problems, "$name - valgrind: no invalid access or definite leak from the module")
+        or diag(join "\n", @problems);
 }
 
 # --------------------------------------------------------------------------
@@ -626,7 +812,7 @@ sub _nginx_test_config {
 #          body, raw, error}; `error` is set on connect/timeout/parse problems.
 sub http_request {
     my (%a) = @_;
-    my $timeout = defined $a{timeout} ? $a{timeout} : 10;
+    my $timeout = (defined $a{timeout} ? $a{timeout} : 10) * $TIME_FACTOR;
     my $data = $a{raw};
     unless (defined $data) {
         my $method = defined $a{method} ? $a{method} : 'GET';
@@ -725,7 +911,7 @@ sub _parse_response {
 sub concurrent_requests {
     my ($timeout, @requests) = @_;
     local $SIG{PIPE} = 'IGNORE';
-    my $deadline = time + $timeout;
+    my $deadline = time + $timeout * $TIME_FACTOR;
     my (@socks, %out, %in, %done, %idx);
     for my $i (0 .. $#requests) {
         my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => server_port(),
@@ -781,7 +967,7 @@ CONF
 # Calls $cond until it is true (1) or $timeout seconds have passed (0).
 sub poll_until {
     my ($timeout, $cond) = @_;
-    my $deadline = time + $timeout;
+    my $deadline = time + $timeout * $TIME_FACTOR;
     while (1) {
         return 1 if $cond->();
         return 0 if time >= $deadline;
@@ -829,7 +1015,7 @@ sub _section_has_filter {
 sub _tests_for_block {
     my ($block) = @_;
     my @checks = _has($block, 'must_die') ? @LOG_CHECKS : (@RESPONSE_CHECKS, @LOG_CHECKS);
-    return 1 + grep { _has($block, $_) } @checks;
+    return 1 + ($USE_VALGRIND ? 1 : 0) + grep { _has($block, $_) } @checks;
 }
 
 # As Test::Nginx: subs that may fill in sections a block leaves out (a
@@ -857,11 +1043,16 @@ sub run_tests {
     for my $block (_prepared_blocks()) {
         my $tb     = Test::Builder->new;
         my $before = $tb->current_test;
-        next if eval { _run_block($block); 1 };
+        next if eval { local $IN_BLOCK = 1; _run_block($block); 1 };
         # Harness or setup failure: fail the block's remaining tests so the
         # plan still adds up, and keep going with the next block.
         my $err = $@;
-        eval { stop_nginx() };
+        eval { _stop_nginx() };
+        if ($USE_VALGRIND && %VG_RUN) {
+            my @problems = eval { _valgrind_collect() };
+            $err .= "valgrind found problems from the module:\n" . join('', @problems)
+                if @problems;
+        }
         my $left = _tests_for_block($block) - ($tb->current_test - $before);
         fail($block->name . ' - block died');
         diag($err);
@@ -883,6 +1074,7 @@ sub _run_block {
         ok($status != 0, "$name - nginx -t rejects the configuration")
             or diag("nginx -t output:\n$output");
         _check_logs($block, $output);
+        _check_valgrind($name) if $USE_VALGRIND;
         return;
     }
 
@@ -919,10 +1111,11 @@ sub _run_block {
                             _command_lines(scalar $block->redis_check)
         if _has($block, 'redis_check');
 
-    my $graceful = stop_nginx();
+    my $graceful = _stop_nginx();
     _check_response($block, $res);
     _check_redis($block, $redis_out);
     _check_logs($block, error_log_text(), $graceful);
+    _check_valgrind($name) if $USE_VALGRIND;
 }
 
 # Compare text exactly; show a diff for multi-line values.
@@ -1041,7 +1234,7 @@ sub _check_logs {
     # Default check: no alert/crit/emerg or crashed worker, except lines the
     # block explicitly expects via error_log; and the graceful stop worked.
     my @bad = grep { my $l = $_; !grep { _log_has($l, $_) } @want } _crash_lines($log);
-    push @bad, 'nginx did not exit within 5s of SIGQUIT (graceful shutdown hangs)'
+    push @bad, "nginx did not exit within ${STOP_TIMEOUT}s of SIGQUIT (graceful shutdown hangs)"
         unless $graceful;
     ok(!@bad, "$name - no alert/crit/emerg/crash in error.log") or diag(join "\n", @bad);
 }
