@@ -62,23 +62,13 @@ sub closed_port {
 #   silent   never answers;
 #   close    closes the connection as soon as a command arrives;
 #   garbage  answers every read with bytes that are not RESP.
-my @CHILDREN;
-my $OWNER = $$;
 sub start_fake_redis {
     my ($mode) = @_;
-    my $listener = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-                                         Proto => 'tcp', Listen => 128, ReuseAddr => 1)
-        or die "fake redis: $@";
-    my $port = $listener->sockport;
-    my $parent = $$;
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        $SIG{$_} = sub { POSIX::_exit(0) } for qw(TERM INT HUP);
-        $SIG{PIPE} = 'IGNORE';
+    return start_silent_server() if $mode eq 'silent';
+    return start_server(sub {
+        my ($listener, $alive) = @_;
         my $sel = IO::Select->new($listener);
-        my $until = time + 60;
-        while (time < $until && getppid() == $parent) {
+        while ($alive->()) {
             for my $fh ($sel->can_read(0.2)) {
                 if ($fh == $listener) {
                     my $c = $listener->accept or next;
@@ -86,42 +76,15 @@ sub start_fake_redis {
                     next;
                 }
                 my $n = sysread($fh, my $buf, 65536);
-                if (defined $n && $n > 0) {
-                    next if $mode eq 'silent';
-                    syswrite($fh, "?this is not RESP\r\n") if $mode eq 'garbage';
-                    next if $mode eq 'garbage';
+                if (defined $n && $n > 0 && $mode eq 'garbage') {
+                    syswrite($fh, "?this is not RESP\r\n");
+                    next;
                 }
                 $sel->remove($fh);
                 close $fh;
             }
         }
-        POSIX::_exit(0);
-    }
-    close $listener;
-    push @CHILDREN, $pid;
-    return ($port, $pid);
-}
-
-sub start_silent_server { return start_fake_redis('silent') }
-
-sub stop_child {
-    my ($pid) = @_;
-    return unless $pid;
-    kill TERM => $pid;
-    my $deadline = time + 3;
-    while (time < $deadline) {
-        return if waitpid($pid, POSIX::WNOHANG()) != 0;
-        sleep 0.02;
-    }
-    kill KILL => $pid;
-    waitpid($pid, 0);
-}
-
-END {
-    if ($$ == $OWNER) {
-        local ($?, $!, $@);
-        stop_child($_) for @CHILDREN;
-    }
+    });
 }
 
 sub raw_post {
@@ -409,7 +372,7 @@ R
                '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--dir', $dir; }
         POSIX::_exit(127);
     }
-    push @CHILDREN, $pid;
+    track_child($pid);
 
     # Minimal RESP over the unix socket.
     my $ucmd = sub {

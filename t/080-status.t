@@ -730,30 +730,7 @@ CONF
 # ---------------------------------------------------------------------------
 {
     my $t = 'no reply';
-    my $listener = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-                                         Proto => 'tcp', Listen => 16, ReuseAddr => 1)
-        or die "listen: $@";
-    my $port = $listener->sockport;
-    my $parent = $$;
-    my $child = fork;
-    die "fork: $!" unless defined $child;
-    if ($child == 0) {   # reads whatever comes, answers nothing
-        $SIG{TERM} = sub { POSIX::_exit(0) };
-        require IO::Select;
-        my $sel = IO::Select->new($listener);
-        my $until = time + 30;
-        while (time < $until && getppid() == $parent) {
-            for my $fh ($sel->can_read(0.2)) {
-                if ($fh == $listener) { my $c = $listener->accept; $sel->add($c) if $c; next }
-                my $n = sysread($fh, my $buf, 65536);
-                next if $n;
-                $sel->remove($fh);
-                close $fh;
-            }
-        }
-        POSIX::_exit(0);
-    }
-    close $listener;
+    my ($port, $child) = start_silent_server();
     my $name = "127.0.0.1:$port";
     start_nginx(no_default_redis => 1, config => <<"CONF" . ingest_location(<<"X"));
         location = /status { recording_status; }
@@ -778,8 +755,7 @@ X
     is($s->{batches}{queue_unavailable}, 2, "$t: batches.queue_unavailable");
     no_crash($t);
     ok(stop_nginx(), "$t: nginx stops gracefully");
-    kill TERM => $child;
-    waitpid($child, 0);
+    stop_child($child);
 }
 
 # ---------------------------------------------------------------------------

@@ -118,6 +118,7 @@ our @EXPORT = qw(
     redis_cmd redis_cmd_raw redis_port redis_start redis_stop redis_restart
     gzip_bytes deflate_bytes raw_deflate_bytes
     concurrent_requests poll_until count_matches crash_lines no_crash ingest_location
+    start_server start_silent_server track_child stop_child
     use_valgrind valgrind_problems
 );
 
@@ -178,6 +179,7 @@ my $MODULE_CHECKED;
 my %VG_RUN;               # valgrind mode: the current nginx run (started => where)
 my $VG_RUNS = 0;          # nginx runs whose valgrind logs were checked
 our $IN_BLOCK;            # run_tests() is running a block
+my @CHILDREN;             # processes of the test's own (track_child)
 
 sub repeat_each { 1 }
 sub servroot    { $SERVROOT }
@@ -199,6 +201,7 @@ END {
                 if @problems;
         }
         eval { redis_stop() };
+        eval { stop_child($_) } for @CHILDREN;
         if ($ENV{TEST_NGINX_NO_CLEAN}) {
             print STDERR "# TEST_NGINX_NO_CLEAN: keeping $SERVROOT\n";
         } else {
@@ -962,6 +965,68 @@ sub ingest_location {
             $extra
         }
 CONF
+}
+
+# Processes a test started besides nginx and Redis (fake servers, another
+# redis-server): stopped by stop_child(), and at the end in any case.
+sub track_child { push @CHILDREN, @_ }
+
+sub stop_child {
+    my ($pid) = @_;
+    return unless $pid;
+    @CHILDREN = grep { $_ != $pid } @CHILDREN;
+    kill TERM => $pid;
+    my $deadline = time + 3;
+    while (time < $deadline) {
+        return if waitpid($pid, WNOHANG) != 0;
+        sleep 0.02;
+    }
+    kill KILL => $pid;
+    waitpid($pid, 0);
+}
+
+# A server on a loopback port, in a forked child: $serve->($listener, $alive)
+# runs there, looping while $alive->() (false once the test is gone, or after
+# two minutes, so that nothing outlives a test). Returns ($port, $pid).
+sub start_server {
+    my ($serve) = @_;
+    my $listener = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                         Proto => 'tcp', Listen => 128, ReuseAddr => 1)
+        or die "fake server: $@";
+    my $port = $listener->sockport;
+    my $parent = $$;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        $SIG{$_} = sub { POSIX::_exit(0) } for qw(TERM INT HUP);
+        $SIG{PIPE} = 'IGNORE';
+        my $until = time + 120;
+        $serve->($listener, sub { time < $until && getppid() == $parent });
+        POSIX::_exit(0);
+    }
+    close $listener;
+    track_child($pid);
+    return ($port, $pid);
+}
+
+# A server that accepts connections and reads what comes, but never answers.
+sub start_silent_server {
+    return start_server(sub {
+        my ($listener, $alive) = @_;
+        my $sel = IO::Select->new($listener);
+        while ($alive->()) {
+            for my $fh ($sel->can_read(0.2)) {
+                if ($fh == $listener) {
+                    my $c = $listener->accept or next;
+                    $sel->add($c);
+                    next;
+                }
+                next if sysread($fh, my $buf, 65536);
+                $sel->remove($fh);
+                close $fh;
+            }
+        }
+    });
 }
 
 # Calls $cond until it is true (1) or $timeout seconds have passed (0).
