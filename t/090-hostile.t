@@ -26,8 +26,6 @@ $SIG{PIPE} = 'IGNORE';
 my $STARTED = time;
 my $JSON = JSON::PP->new->utf8;
 my $QUEUE = 'recording:queue:0';   # recording_queue_shards defaults to 1
-my $OWNER = $$;
-my @CHILDREN;
 
 # ---------------------------------------------------------------------------
 # Bodies
@@ -298,16 +296,8 @@ sub parse_resp_commands {
 
 sub start_fake_redis {
     fake_mode('ok');
-    my $listener = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-                                         Proto => 'tcp', Listen => 128, ReuseAddr => 1)
-        or die "fake redis: $@";
-    my $port = $listener->sockport;
-    my $parent = $$;
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        $SIG{$_} = sub { POSIX::_exit(0) } for qw(TERM INT HUP);
-        $SIG{PIPE} = 'IGNORE';
+    return start_server(sub {
+        my ($listener, $alive) = @_;
         open my $log, '>>:raw', "$FAKE_DIR/commands" or POSIX::_exit(1);
         $log->autoflush(1);
         my $sel = IO::Select->new($listener);
@@ -318,8 +308,7 @@ sub start_fake_redis {
             delete $conn{ fileno $c->{sock} };
             close $c->{sock};
         };
-        my $until = time + 120;
-        while (time < $until && getppid() == $parent) {
+        while ($alive->()) {
             for my $fh ($sel->can_read(0.02)) {
                 if ($fh == $listener) {
                     my $s = $listener->accept or next;
@@ -347,30 +336,7 @@ sub start_fake_redis {
                 }
             }
         }
-        POSIX::_exit(0);
-    }
-    close $listener;
-    push @CHILDREN, $pid;
-    return ($port, $pid);
-}
-
-sub stop_child {
-    my ($pid) = @_;
-    kill TERM => $pid;
-    my $deadline = time + 3;
-    while (time < $deadline) {
-        return if waitpid($pid, POSIX::WNOHANG()) != 0;
-        sleep 0.02;
-    }
-    kill KILL => $pid;
-    waitpid($pid, 0);
-}
-
-END {
-    if ($$ == $OWNER) {
-        local ($?, $!, $@);
-        stop_child($_) for @CHILDREN;
-    }
+    });
 }
 
 # ---------------------------------------------------------------------------
@@ -754,8 +720,13 @@ no_crash('compression');
     ($res, $took) = timed(sub { post_gzip(uri('/big'), $mgz, timeout => 20) });
     is(answer($res), '202 {"status":"queued"}', "$t: a million distinct keys (" . length($mdoc) . ' bytes, recording_max_decoded_size 16m) are queued');
     cmp_ok($took, '<', 5, "$t: in ${took}s");
-    my $big_log = do { open my $fh, '<', servroot() . '/logs/big.log'; local $/; $fh ? <$fh> : '' } // '';
-    my ($redis_ms) = ($big_log =~ /^\S+ 202 queued ([\d.]+)$/m);
+    # nginx writes the access log after the answer: wait for the line.
+    my $redis_ms;
+    poll_until(5, sub {
+        my $big_log = do { open my $fh, '<', servroot() . '/logs/big.log'; local $/; $fh ? <$fh> : '' } // '';
+        ($redis_ms) = ($big_log =~ /^\S+ 202 queued ([\d.]+)$/m);
+        defined $redis_ms;
+    });
     ok(defined $redis_ms && $redis_ms < 250, "$t: Redis acknowledged that RPUSH in " . ($redis_ms // '?') . ' ms');
     ($res, $took) = timed(sub { post_gzip(uri('/bigshort'), $mgz, timeout => 20) });
     is(answer($res), '202 {"status":"queued"}',
@@ -1182,7 +1153,6 @@ for my $case (['OOM', 'oom', qr/\[error\].*recording: redis $FAKE: error reply: 
 no_crash('faults');
 ok(stop_nginx(), 'nginx stops gracefully');
 stop_child($FAKE_PID);
-@CHILDREN = ();
 my $total = time - $STARTED;
 cmp_ok($total, '<', 90, sprintf('the whole file ran in %.1fs', $total));
 
