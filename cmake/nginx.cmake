@@ -50,6 +50,7 @@ add_library(ngx_http_recording_module MODULE
     src/ngx_http_recording_body.cpp
     src/ngx_http_recording_site_cache.cpp
     src/ngx_http_recording_redis.cpp
+    src/ngx_http_recording_cluster.cpp
     src/ngx_http_recording_stats.cpp
     ${MODULE_LIST}
 )

@@ -272,6 +272,11 @@ RequestState *resume(Waiter *waiter)
 
 void continue_with_site(RequestState &state, const recording::SiteSettings &site, bool from_redis);
 
+RedisTimeouts timeouts(const ngx_http_recording_loc_conf_t *conf)
+{
+    return {conf->redis_connect_timeout, conf->redis_read_timeout};
+}
+
 // --- Queueing -------------------------------------------------------------
 
 class PushCall final : public RedisCall {
@@ -313,7 +318,7 @@ void push(RequestState &state, const recording::QueueElement &element, unsigned 
 
     Waiter *waiter = waiter_for(state);
     auto *call = new PushCall(waiter);
-    if (!conf->redis->client->send(command, call, conf->redis_connect_timeout, conf->redis_read_timeout)) {
+    if (!conf->redis->route->send(state.queue, command, call, timeouts(conf))) {
         delete call;
         finish(state, Outcome::queue_unavailable, from_redis);
         return;
@@ -488,7 +493,7 @@ void look_up_site(RequestState &state)
 
     auto *call = new SiteLookupCall(key, rmcf->site_cache);
     std::string command = recording::format_site_lookup(state.site_id);
-    if (!conf->redis->client->send(command, call, conf->redis_connect_timeout, conf->redis_read_timeout)) {
+    if (!conf->redis->route->send(recording::site_key(state.site_id), command, call, timeouts(conf))) {
         delete call;
         if (state.stale_settings) {
             continue_with_site(state, *state.stale_settings, false);

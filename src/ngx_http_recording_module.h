@@ -9,18 +9,20 @@
 #include "body_decoder.h"
 #include "site_settings.h"
 
-class RedisClient;
+#include "ngx_http_recording_redis.h"
 
 extern "C" ngx_module_t ngx_http_recording_module;
 
-// A Redis server named by `recording_redis`, resolved when the configuration
-// is read. Each worker keeps one connection per server.
+// Redis as named by one `recording_redis`, resolved when the configuration
+// is read: one server, or a cluster's seed nodes. Each worker keeps its own
+// route (its connections) to it.
 struct ngx_http_recording_redis_server_t {
-    ngx_str_t    name;        // as written, for logs
-    ngx_str_t    host;        // numeric address, NUL-terminated
-    ngx_int_t    port;
-    ngx_str_t    unix_path;   // NUL-terminated, or empty
-    RedisClient *client;      // this worker's connection
+    ngx_str_t    name;        // the addresses as written, for logs and figures
+    ngx_str_t    spec;        // every argument: what makes two the same
+    ngx_array_t  addresses;   // of RedisAddress
+    ngx_flag_t   cluster;
+    RedisLogin   login;
+    RedisRoute  *route;       // this worker's
     ngx_int_t    stats_slot;  // in ngx_http_recording_stats, or NGX_ERROR
 };
 

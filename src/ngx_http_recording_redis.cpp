@@ -16,9 +16,9 @@
 
 #include "ngx_http_recording_stats.h"
 
-RedisClient::RedisClient(ngx_str_t name, ngx_str_t host, ngx_int_t port, ngx_str_t unix_path,
-                         ngx_log_t *log, ngx_atomic_t *connections) noexcept
-    : name_(name), host_(host), port_(port), unix_path_(unix_path), log_(log), connections_(connections)
+RedisClient::RedisClient(const RedisAddress &address, const RedisLogin &login, ngx_log_t *log,
+                         ngx_atomic_t *connections) noexcept
+    : address_(address), login_(login), log_(log), connections_(connections)
 {
     connect_timer_.handler = on_connect_timeout;
     connect_timer_.data = this;
@@ -47,19 +47,20 @@ bool RedisClient::connect(ngx_msec_t timeout) noexcept
     }
     attempted_before_ = true;
     redisAsyncContext *ac;
-    if (unix_path_.len != 0) {
-        ac = redisAsyncConnectUnix(reinterpret_cast<const char *>(unix_path_.data));
+    if (address_.unix_path.len != 0) {
+        ac = redisAsyncConnectUnix(reinterpret_cast<const char *>(address_.unix_path.data));
     } else {
-        ac = redisAsyncConnect(reinterpret_cast<const char *>(host_.data), static_cast<int>(port_));
+        ac = redisAsyncConnect(reinterpret_cast<const char *>(address_.host.data),
+                               static_cast<int>(address_.port));
     }
     if (ac == nullptr) {
-        ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis %V: out of memory", &name_);
+        ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis %V: out of memory", &address_.name);
         return false;
     }
     if (ac->err) {
         if (!failing_) {
             ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis %V: connect failed: %s",
-                          &name_, ac->errstr);
+                          &address_.name, ac->errstr);
         }
         failing_ = true;
         redisAsyncFree(ac);
@@ -94,17 +95,71 @@ bool RedisClient::connect(ngx_msec_t timeout) noexcept
     // Writability tells that the non-blocking connect finished.
     add_write(this);
     ngx_add_timer(&connect_timer_, timeout);
+    log_in();
     return true;
 }
 
-bool RedisClient::send(std::string_view command, RedisCall *call, ngx_msec_t connect_timeout,
-                       ngx_msec_t reply_timeout) noexcept
+// AUTH and SELECT go first on every connection, ahead of any command: a
+// refusal is logged, and the commands behind it then fail on their own
+// (NOAUTH), so nothing else needs to wait for these replies.
+void RedisClient::log_in() noexcept
+{
+    if (login_.password.len != 0) {
+        if (login_.user.len != 0) {
+            redisAsyncCommand(context_, on_login_reply, nullptr, "AUTH %b %b", login_.user.data,
+                              login_.user.len, login_.password.data, login_.password.len);
+        } else {
+            redisAsyncCommand(context_, on_login_reply, nullptr, "AUTH %b", login_.password.data,
+                              login_.password.len);
+        }
+    }
+    if (login_.db >= 0) {
+        redisAsyncCommand(context_, on_login_reply, nullptr, "SELECT %d", static_cast<int>(login_.db));
+    }
+}
+
+void RedisClient::on_login_reply(redisAsyncContext *ac, void *reply, void *) noexcept
+{
+    auto *self = static_cast<RedisClient *>(ac->data);
+    auto *r = static_cast<const redisReply *>(reply);
+    if (r != nullptr && r->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: login refused: %*s",
+                      &self->address_.name, r->len, r->str);
+        self->failing_ = true;
+    }
+}
+
+// Only timeouts make a server unreachable: a refused connect answers at
+// once anyway, and the next attempt costs no more than a refusal.
+void RedisClient::mark_unreachable() noexcept
+{
+    unreachable_ = true;
+    retry_at_ = ngx_current_msec + kRetryInterval;
+}
+
+bool RedisClient::available() noexcept
+{
+    if (unreachable_ && context_ == nullptr
+        && static_cast<ngx_msec_int_t>(retry_at_ - ngx_current_msec) > 0)
+    {
+        return false;
+    }
+    return true;
+}
+
+bool RedisClient::send(std::string_view, std::string_view command, RedisCall *call,
+                       const RedisTimeouts &timeouts) noexcept
+{
+    return send(command, call, timeouts);
+}
+
+bool RedisClient::send(std::string_view command, RedisCall *call, const RedisTimeouts &timeouts) noexcept
 {
     // Deadlines count from now, not from when this event began: decoding and
     // validating a large batch may have taken longer than the timeout.
     ngx_time_update();
 
-    if (context_ == nullptr && !connect(connect_timeout)) {
+    if (context_ == nullptr && (!available() || !connect(timeouts.connect))) {
         return false;
     }
     // While hiredis tears a context down, it takes no new commands.
@@ -123,8 +178,8 @@ bool RedisClient::send(std::string_view command, RedisCall *call, ngx_msec_t con
         pending_.pop_back();
         return false;
     }
-    call->deadline = ngx_current_msec + reply_timeout;
-    arm_reply_timer(reply_timeout);
+    call->deadline = ngx_current_msec + timeouts.reply;
+    arm_reply_timer(timeouts.reply);
     return true;
 }
 
@@ -167,7 +222,7 @@ void RedisClient::note_reply(const redisReply *reply) noexcept
     if (reply->type == REDIS_REPLY_ERROR) {
         ngx_http_recording_count(&ngx_http_recording_stats_t::replies_error);
         if (!failing_) {
-            ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis %V: error reply: %*s", &name_,
+            ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis %V: error reply: %*s", &address_.name,
                           reply->len, reply->str);
         }
         failing_ = true;
@@ -175,7 +230,7 @@ void RedisClient::note_reply(const redisReply *reply) noexcept
     }
     ngx_http_recording_count(&ngx_http_recording_stats_t::replies_ok);
     if (failing_) {
-        ngx_log_error(NGX_LOG_NOTICE, log_, 0, "recording: redis %V: answering again", &name_);
+        ngx_log_error(NGX_LOG_NOTICE, log_, 0, "recording: redis %V: answering again", &address_.name);
         failing_ = false;
     }
 }
@@ -187,12 +242,13 @@ void RedisClient::on_connected(const redisAsyncContext *ac, int status) noexcept
         // hiredis frees the context after this returns: cleanup() follows.
         if (!self->failing_) {
             ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: connect failed: %s",
-                          &self->name_, ac->errstr);
+                          &self->address_.name, ac->errstr);
         }
         self->failing_ = true;
         return;
     }
     self->connected_ = true;
+    self->unreachable_ = false;
     if (self->connections_ != nullptr) {
         (void) ngx_atomic_fetch_add(self->connections_, 1);
     }
@@ -209,7 +265,7 @@ void RedisClient::on_disconnected(const redisAsyncContext *ac, int status) noexc
     if (status != REDIS_OK) {
         if (!self->failing_) {
             ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: connection lost: %s",
-                          &self->name_, ac->errstr);
+                          &self->address_.name, ac->errstr);
         }
         self->failing_ = true;
     }
@@ -241,9 +297,10 @@ void RedisClient::on_connect_timeout(ngx_event_t *ev) noexcept
     }
     if (!self->failing_) {
         ngx_log_error(NGX_LOG_ERR, self->log_, NGX_ETIMEDOUT, "recording: redis %V: connect timed out",
-                      &self->name_);
+                      &self->address_.name);
     }
     self->failing_ = true;
+    self->mark_unreachable();
     redisAsyncFree(self->context_);
 }
 
@@ -267,9 +324,11 @@ void RedisClient::on_reply_timeout(ngx_event_t *ev) noexcept
     // Replies come in order, so nothing after the late one can come either.
     if (!self->failing_) {
         ngx_log_error(NGX_LOG_ERR, self->log_, NGX_ETIMEDOUT,
-                      "recording: redis %V: no reply in time, dropping the connection", &self->name_);
+                      "recording: redis %V: no reply in time, dropping the connection", &self->address_.name);
     }
     self->failing_ = true;
+    // A server that does not answer is as good as unreachable.
+    self->mark_unreachable();
     redisAsyncFree(self->context_);
 }
 

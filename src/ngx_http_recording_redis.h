@@ -1,5 +1,8 @@
-// One worker's connection to one Redis server: hiredis's async API driven by
-// nginx's event loop, with nginx timers for connect and reply timeouts.
+// The worker's way to Redis: a route takes commands and answers each once.
+// RedisClient is one connection to one server (hiredis's async API driven
+// by nginx's event loop, with nginx timers for connect and reply timeouts);
+// a cluster route (ngx_http_recording_cluster.h) keeps one RedisClient per
+// master and sends each command to the master owning its key.
 #pragma once
 
 #include "ngx_http_recording_nginx.h"
@@ -12,7 +15,7 @@ struct redisReply;
 
 // A command waiting for its reply. on_reply() runs exactly once for every
 // command send() accepted, never from within send(); a null reply means no
-// answer came (connection refused, dropped or timed out). The client never
+// answer came (connection refused, dropped or timed out). The route never
 // deletes a call.
 class RedisCall {
 public:
@@ -22,27 +25,76 @@ public:
     ngx_msec_t deadline = 0;
 };
 
-class RedisClient {
+struct RedisTimeouts {
+    ngx_msec_t connect;
+    ngx_msec_t reply;
+};
+
+// Where one server listens, resolved when the configuration was read.
+struct RedisAddress {
+    ngx_str_t  name;       // "host:port" or "unix:/path", for logs
+    ngx_str_t  host;       // numeric address, NUL-terminated, or empty
+    ngx_int_t  port;
+    ngx_str_t  unix_path;  // NUL-terminated, or empty
+};
+
+// What every new connection sends first (empty or -1: nothing).
+struct RedisLogin {
+    ngx_str_t  user;       // Redis 6 ACL user; empty: the default user
+    ngx_str_t  password;
+    ngx_int_t  db;         // SELECT; -1: none
+};
+
+class RedisRoute {
+public:
+    virtual ~RedisRoute() = default;
+
+    // Queues a RESP-encoded command that touches only `key` (which picks
+    // the node in a cluster), connecting first if needed. Returns false,
+    // without calling `call`, when it cannot be sent now.
+    virtual bool send(std::string_view key, std::string_view command, RedisCall *call,
+                      const RedisTimeouts &timeouts) noexcept = 0;
+
+    // False while Redis is known to be unreachable (a connect or a reply
+    // timed out recently): callers answer at once rather than wait for
+    // another timeout. send() then fails too.
+    virtual bool available() noexcept = 0;
+
+    // Drops every connection; pending calls get a null reply.
+    virtual void close() noexcept = 0;
+
+    // Commands sent and not answered yet.
+    virtual size_t in_flight() const noexcept = 0;
+};
+
+class RedisClient final : public RedisRoute {
 public:
     // `connections` counts the workers connected to this server (or null).
-    RedisClient(ngx_str_t name, ngx_str_t host, ngx_int_t port, ngx_str_t unix_path,
-                ngx_log_t *log, ngx_atomic_t *connections) noexcept;
-    ~RedisClient();
+    RedisClient(const RedisAddress &address, const RedisLogin &login, ngx_log_t *log,
+                ngx_atomic_t *connections) noexcept;
+    ~RedisClient() override;
     RedisClient(const RedisClient &) = delete;
     RedisClient &operator=(const RedisClient &) = delete;
 
-    // Queues a RESP-encoded command, connecting first if needed. Returns
-    // false, without calling `call`, when it cannot be sent now.
-    bool send(std::string_view command, RedisCall *call, ngx_msec_t connect_timeout,
-              ngx_msec_t reply_timeout) noexcept;
+    bool send(std::string_view key, std::string_view command, RedisCall *call,
+              const RedisTimeouts &timeouts) noexcept override;
+    bool available() noexcept override;
+    void close() noexcept override;
+    size_t in_flight() const noexcept override { return pending_.size(); }
 
-    // Drops the connection; pending calls get a null reply.
-    void close() noexcept;
+    // As send(), for callers that know the node: `key` is not needed.
+    bool send(std::string_view command, RedisCall *call, const RedisTimeouts &timeouts) noexcept;
 
-    const ngx_str_t &name() const noexcept { return name_; }
+    const ngx_str_t &name() const noexcept { return address_.name; }
+
+    // After a connect or a reply timed out, attempts wait this long:
+    // meanwhile send() fails at once.
+    static constexpr ngx_msec_t kRetryInterval = 1000;
 
 private:
     bool connect(ngx_msec_t timeout) noexcept;
+    void log_in() noexcept;
+    void mark_unreachable() noexcept;
     void watch(ngx_event_t *ev, ngx_int_t event, bool on) noexcept;
     void release_connection() noexcept;
     void arm_reply_timer(ngx_msec_t timeout) noexcept;
@@ -51,6 +103,7 @@ private:
     static void on_connected(const redisAsyncContext *ac, int status) noexcept;
     static void on_disconnected(const redisAsyncContext *ac, int status) noexcept;
     static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) noexcept;
+    static void on_login_reply(redisAsyncContext *ac, void *reply, void *privdata) noexcept;
     static void on_readable(ngx_event_t *ev) noexcept;
     static void on_writable(ngx_event_t *ev) noexcept;
     static void on_connect_timeout(ngx_event_t *ev) noexcept;
@@ -62,10 +115,8 @@ private:
     static void del_write(void *self) noexcept;
     static void cleanup(void *self) noexcept;
 
-    ngx_str_t name_;
-    ngx_str_t host_;
-    ngx_int_t port_;
-    ngx_str_t unix_path_;
+    RedisAddress address_;
+    RedisLogin login_;
     ngx_log_t *log_;
 
     redisAsyncContext *context_ = nullptr;
@@ -75,6 +126,9 @@ private:
     // change of state, and the recovery when a reply comes again.
     bool failing_ = false;
     bool attempted_before_ = false;  // later attempts to connect are reconnects
+    // A connect or a reply timed out: no attempt before this time.
+    bool unreachable_ = false;
+    ngx_msec_t retry_at_ = 0;
     ngx_atomic_t *connections_;
     std::deque<RedisCall *> pending_;
 

@@ -738,19 +738,27 @@ CONF
             recording_redis $name;
             recording_redis_read_timeout 300ms;
 X
-    my @status = map {
-        http_request(method => 'POST', uri => site_uri(1), body => batch_json("silent-$_"),
-                     timeout => 5)->{status} // 'none'
-    } 1 .. 2;
+    my @status;
+    my @took;
+    for my $n (1 .. 2) {
+        my $started = time;
+        push @status, http_request(method => 'POST', uri => site_uri(1), body => batch_json("silent-$n"),
+                                   timeout => 5)->{status} // 'none';
+        push @took, time - $started;
+    }
     is("@status", '503 503', "$t: 503 for each batch");
+    cmp_ok($took[0], '>=', 0.25, "$t: the first after the read timeout ($took[0]s)");
+    # The server timed out: for RedisClient::kRetryInterval batches are
+    # refused at once, without a new connection.
+    cmp_ok($took[1], '<', 0.2, "$t: the second at once ($took[1]s)");
     my @lines = grep { /recording: redis \Q$name\E: / } split /\n/, error_log_text();
     is(scalar @lines, 1, "$t: one line about the server") or diag(join "\n", @lines);
     like($lines[0] // '', qr/ \[error\] .*no reply in time/, "$t: ... '[error] ... no reply in time'");
     my $s = status_json();
-    is($s->{redis}{commands}{hmget}, 2, "$t: hmget");
-    is($s->{redis}{replies}{none}, 2, "$t: replies.none: both timed out");
+    is($s->{redis}{commands}{hmget}, 1, "$t: hmget: only the first batch's");
+    is($s->{redis}{replies}{none}, 1, "$t: replies.none: it timed out");
     is($s->{redis}{replies}{ok} + $s->{redis}{replies}{error}, 0, "$t: no other reply");
-    is($s->{redis}{reconnects}, 1, "$t: reconnects: the second batch's connect");
+    is($s->{redis}{reconnects}, 0, "$t: reconnects: none within the retry interval");
     is($s->{redis}{servers}{$name}{connections}, 0, "$t: the connection was dropped");
     is($s->{batches}{queue_unavailable}, 2, "$t: batches.queue_unavailable");
     no_crash($t);

@@ -1145,6 +1145,11 @@ for my $case (['OOM', 'oom', qr/\[error\].*recording: redis $FAKE: error reply: 
     like(substr(error_log_text(), length $before), qr/\[error\].*recording: redis $FAKE: no reply in time/,
          "$t: logged");
     fake_mode('ok');
+    # For a second after a timeout, batches are refused at once.
+    ($res, $took) = timed(sub { post(uri('/fastfake', 703), batch('silent-soon'), timeout => 5) });
+    is(answer($res), '503 {"error":"queue_unavailable"}', "$t: within the retry interval: 503");
+    cmp_ok($took, '<', 0.2, "$t: ... at once (${took}s)");
+    select undef, undef, undef, 1.1;
     is(answer(post(uri('/fastfake', 703), batch('silent-ok'), timeout => 5)), '202 {"status":"queued"}',
        "$t: 202 once it answers again");
     healthy($t);

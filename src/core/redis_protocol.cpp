@@ -40,11 +40,16 @@ std::string format_rpush(std::string_view key, const QueueElement& element)
     return out;
 }
 
-std::string format_site_lookup(std::string_view site_id)
+std::string site_key(std::string_view site_id)
 {
     std::string key = "recording:site:";
     key.append(site_id);
-    return format_command({"HMGET", key, "enabled", "sample_rate"});
+    return key;
+}
+
+std::string format_site_lookup(std::string_view site_id)
+{
+    return format_command({"HMGET", site_key(site_id), "enabled", "sample_rate"});
 }
 
 std::string format_command(std::initializer_list<std::string_view> args)

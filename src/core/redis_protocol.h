@@ -16,6 +16,9 @@ std::string queue_key(unsigned shard);
 // RPUSH <key> <element>
 std::string format_rpush(std::string_view key, const QueueElement& element);
 
+// recording:site:<site_id>
+std::string site_key(std::string_view site_id);
+
 // HMGET recording:site:<site_id> enabled sample_rate
 std::string format_site_lookup(std::string_view site_id);
 
