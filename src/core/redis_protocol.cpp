@@ -47,6 +47,34 @@ std::string site_key(std::string_view site_id)
     return key;
 }
 
+void RpushBuilder::reset(std::string_view key)
+{
+    key_.assign(key);
+    // "*<count>\r\n$5\r\nRPUSH\r\n$<len>\r\n<key>\r\n", with room for any count.
+    room_ = 1 + 20 + 2 + 11 + 1 + 20 + 2 + key.size() + 2;
+    buffer_.assign(room_, ' ');
+    elements_ = 0;
+}
+
+void RpushBuilder::add(const QueueElement& element)
+{
+    append_length(buffer_, '$', element.size());
+    element.append_to(buffer_);
+    buffer_ += "\r\n";
+    elements_++;
+}
+
+std::string_view RpushBuilder::command()
+{
+    std::string header;
+    append_length(header, '*', elements_ + 2);
+    append_bulk(header, "RPUSH");
+    append_bulk(header, key_);
+    size_t start = room_ - header.size();
+    buffer_.replace(start, header.size(), header);
+    return std::string_view(buffer_).substr(start);
+}
+
 std::string format_site_lookup(std::string_view site_id)
 {
     return format_command({"HMGET", site_key(site_id), "enabled", "sample_rate"});

@@ -16,6 +16,32 @@ std::string queue_key(unsigned shard);
 // RPUSH <key> <element>
 std::string format_rpush(std::string_view key, const QueueElement& element);
 
+// RPUSH <key> <e1> ... <en>, built an element at a time as batches are
+// accepted. The elements go straight into one buffer; the header, whose
+// count is known last, is written into room kept for it at the front, so
+// nothing is copied twice.
+class RpushBuilder {
+public:
+    RpushBuilder() = default;
+
+    // Starts over for `key`, keeping the buffer's capacity.
+    void reset(std::string_view key);
+    void add(const QueueElement& element);
+
+    size_t elements() const noexcept { return elements_; }
+    // The bytes the elements take so far (what a worker holds for Redis).
+    size_t size() const noexcept { return buffer_.size() - room_; }
+
+    // The whole command; valid until the next reset() or add().
+    std::string_view command();
+
+private:
+    std::string key_;
+    std::string buffer_;
+    size_t room_ = 0;
+    size_t elements_ = 0;
+};
+
 // recording:site:<site_id>
 std::string site_key(std::string_view site_id);
 

@@ -74,3 +74,77 @@ TEST(FormatRpush, LengthCountsBytesOfTheWholeElement)
     EXPECT_EQ(format_rpush("k", element),
               "*3\r\n$5\r\nRPUSH\r\n$1\r\nk\r\n$" + std::to_string(pushed.size()) + "\r\n" + pushed + "\r\n");
 }
+
+namespace {
+
+QueueElement element_of(const std::string& document, ValidatedBatch& batch)
+{
+    batch = validate_batch(document, ValidationLimits{});
+    return QueueElement(document, batch, "");
+}
+
+const std::string kFirst = R"({"session_id":"a","seq":0,"events":[{"type":4,"timestamp":1}]})";
+const std::string kSecond = R"({"session_id":"a","seq":1,"events":[{"type":3,"timestamp":2}]})";
+
+}  // namespace
+
+TEST(RpushBuilder, OneElementIsTheSameCommandAsFormatRpush)
+{
+    ValidatedBatch batch;
+    QueueElement element = element_of(kFirst, batch);
+    RpushBuilder builder;
+    builder.reset("recording:queue:3");
+    builder.add(element);
+    EXPECT_EQ(builder.elements(), 1u);
+    EXPECT_EQ(std::string(builder.command()), format_rpush("recording:queue:3", element));
+}
+
+TEST(RpushBuilder, SeveralElementsInTheOrderAdded)
+{
+    ValidatedBatch first_batch, second_batch;
+    QueueElement first = element_of(kFirst, first_batch);
+    QueueElement second = element_of(kSecond, second_batch);
+    RpushBuilder builder;
+    builder.reset("k");
+    builder.add(first);
+    builder.add(second);
+    builder.add(first);
+    EXPECT_EQ(builder.elements(), 3u);
+    ASSERT_EQ(kFirst.size(), 62u);
+    ASSERT_EQ(kSecond.size(), 62u);
+    EXPECT_EQ(builder.size(), 3 * (5 + 62 + 2));  // "$62\r\n", the element, "\r\n"
+    EXPECT_EQ(std::string(builder.command()),
+              "*5\r\n$5\r\nRPUSH\r\n$1\r\nk\r\n$62\r\n" + kFirst + "\r\n$62\r\n" + kSecond + "\r\n$62\r\n" + kFirst
+                  + "\r\n");
+}
+
+TEST(RpushBuilder, ResetStartsOverForAnotherKey)
+{
+    ValidatedBatch batch;
+    QueueElement element = element_of(kFirst, batch);
+    RpushBuilder builder;
+    builder.reset("recording:queue:0");
+    builder.add(element);
+    builder.add(element);
+    (void) builder.command();
+    builder.reset("recording:queue:12");
+    EXPECT_EQ(builder.elements(), 0u);
+    EXPECT_EQ(builder.size(), 0u);
+    builder.add(element);
+    EXPECT_EQ(std::string(builder.command()), format_rpush("recording:queue:12", element));
+}
+
+TEST(RpushBuilder, CountsOfManyDigitsFitTheRoomKept)
+{
+    std::string document = R"({"session_id":"a","seq":0,"events":[{"type":4,"timestamp":1}]})";
+    ValidatedBatch batch;
+    QueueElement element = element_of(document, batch);
+    RpushBuilder builder;
+    builder.reset("q");
+    for (int i = 0; i < 12345; i++) {
+        builder.add(element);
+    }
+    std::string_view command = builder.command();
+    EXPECT_EQ(command.substr(0, 29), "*12347\r\n$5\r\nRPUSH\r\n$1\r\nq\r\n$62");
+    EXPECT_EQ(command.size(), 26 + 12345 * (5 + 62 + 2));
+}
