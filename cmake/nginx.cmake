@@ -51,6 +51,8 @@ add_library(ngx_http_recording_module MODULE
     src/ngx_http_recording_site_cache.cpp
     src/ngx_http_recording_redis.cpp
     src/ngx_http_recording_cluster.cpp
+    src/ngx_http_recording_queue.cpp
+    src/ngx_http_recording_spool.cpp
     src/ngx_http_recording_stats.cpp
     ${MODULE_LIST}
 )

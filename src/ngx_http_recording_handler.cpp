@@ -23,6 +23,7 @@
 
 #include "batch_validator.h"
 #include "enrichment.h"
+#include "ngx_http_recording_queue.h"
 #include "ngx_http_recording_redis.h"
 #include "ngx_http_recording_stats.h"
 #include "outcome.h"
@@ -33,13 +34,7 @@ using recording::Outcome;
 
 namespace {
 
-// The link between a request and a Redis call in flight. It outlives the
-// request when the client goes away first: the call then finds `request`
-// null and only frees the link.
-struct Waiter {
-    ngx_http_request_t *request;
-    bool in_flight;
-};
+using Waiter = ngx_http_recording_waiter_t;
 
 // A request's state, in its pool; destroyed by a pool cleanup.
 struct RequestState {
@@ -94,6 +89,11 @@ RequestState *get_state(ngx_http_request_t *r)
 {
     return static_cast<RequestState *>(ngx_http_get_module_ctx(r, ngx_http_recording_module));
 }
+
+// A client told 503 waits this long before sending again: long enough for a
+// failing Redis to be tried again (RedisClient::kRetryInterval), short
+// enough that a browser still on the page sends its batch.
+constexpr std::string_view kRetryAfterSeconds = "5";
 
 ngx_str_t literal(std::string_view s)
 {
@@ -204,6 +204,10 @@ ngx_int_t send_response(ngx_http_request_t *r, Outcome outcome)
     if (outcome == Outcome::method_not_allowed && !add_header(r, "Allow", literal("POST, OPTIONS"))) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+    // Redis or the spool cannot take batches now: when to try again.
+    if (outcome == Outcome::queue_unavailable && !add_header(r, "Retry-After", literal(kRetryAfterSeconds))) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
     return ngx_http_recording_send(r, static_cast<ngx_uint_t>(response.status), "application/json",
                                    response.body);
 }
@@ -279,53 +283,12 @@ RedisTimeouts timeouts(const ngx_http_recording_loc_conf_t *conf)
 
 // --- Queueing -------------------------------------------------------------
 
-class PushCall final : public RedisCall {
-public:
-    explicit PushCall(Waiter *waiter) : waiter_(waiter), sent_us_(ngx_http_recording_now_us()) {}
-
-    void on_reply(const redisReply *reply) noexcept override
-    {
-        uint64_t round_trip = ngx_http_recording_now_us() - sent_us_;
-        ngx_http_recording_count(&ngx_http_recording_stats_t::inflight_elements, -1);
-        if (reply != nullptr) {
-            ngx_http_recording_count_push_duration(round_trip);
-        }
-        bool acknowledged = reply != nullptr && reply->type == REDIS_REPLY_INTEGER;
-        if (acknowledged) {
-            ngx_http_recording_count(&ngx_http_recording_stats_t::pushed_elements);
-        }
-
-        RequestState *state = resume(waiter_);
-        if (state != nullptr) {
-            if (acknowledged) {
-                state->redis_time_us = round_trip;
-            }
-            finish(*state, acknowledged ? Outcome::queued : Outcome::queue_unavailable, true);
-        }
-        delete this;
-    }
-
-private:
-    Waiter *waiter_;
-    uint64_t sent_us_;
-};
-
 void push(RequestState &state, const recording::QueueElement &element, unsigned shard, bool from_redis)
 {
-    ngx_http_recording_loc_conf_t *conf = state.conf;
     state.queue = recording::queue_key(shard);
-    std::string command = recording::format_rpush(state.queue, element);
-
-    Waiter *waiter = waiter_for(state);
-    auto *call = new PushCall(waiter);
-    if (!conf->redis->route->send(state.queue, command, call, timeouts(conf))) {
-        delete call;
+    if (!ngx_http_recording_queue_push(state.conf, state.queue, element, waiter_for(state))) {
         finish(state, Outcome::queue_unavailable, from_redis);
-        return;
     }
-    waiter->in_flight = true;
-    ngx_http_recording_count(&ngx_http_recording_stats_t::rpush_commands);
-    ngx_http_recording_count(&ngx_http_recording_stats_t::inflight_elements);
 }
 
 // --- Sampling and enrichment ----------------------------------------------
@@ -634,6 +597,18 @@ ngx_int_t answer_without_body(RequestState &state, Outcome outcome)
 }
 
 }  // namespace
+
+void ngx_http_recording_pushed(ngx_http_recording_waiter_t *waiter, Outcome outcome, uint64_t redis_time_us) noexcept
+{
+    RequestState *state = resume(waiter);
+    if (state == nullptr) {
+        return;
+    }
+    if (outcome == Outcome::queued && redis_time_us != 0) {
+        state->redis_time_us = redis_time_us;
+    }
+    finish(*state, outcome, true);
+}
 
 ngx_int_t ngx_http_recording_add_variables(ngx_conf_t *cf) noexcept
 {

@@ -6,7 +6,9 @@
 #include <new>
 
 #include "ngx_http_recording_cluster.h"
+#include "ngx_http_recording_queue.h"
 #include "ngx_http_recording_redis.h"
+#include "ngx_http_recording_spool.h"
 #include "ngx_http_recording_stats.h"
 
 namespace {
@@ -19,6 +21,12 @@ constexpr ngx_msec_t kDefaultRedisTimeout = 1000;
 constexpr ngx_msec_t kDefaultSiteCacheTtl = 60000;
 constexpr ssize_t kDefaultSiteCacheSize = 1024 * 1024;
 constexpr ngx_int_t kDefaultRedisPort = 6379;
+constexpr ngx_uint_t kDefaultBatchElements = 64;
+constexpr size_t kDefaultBatchSize = 1024 * 1024;
+constexpr ngx_msec_t kDefaultBatchDelay = 1;
+constexpr size_t kDefaultPendingLimit = 64 * 1024 * 1024;
+constexpr off_t kDefaultSpoolMaxSize = off_t{1024} * 1024 * 1024;
+constexpr off_t kMinSpoolMaxSize = 1024 * 1024;
 
 ngx_str_t default_redis = ngx_string("127.0.0.1:6379");
 
@@ -57,10 +65,14 @@ bounds_t events_bounds = {check_bounds, 1, 1000000};
 bounds_t depth_bounds = {check_bounds, 3, 100000};
 bounds_t timeout_bounds = {check_bounds, 1, 0};
 bounds_t cache_size_bounds = {check_bounds, 32 * 1024, 0};
+bounds_t batch_elements_bounds = {check_bounds, 1, 100000};
+bounds_t batch_size_bounds = {check_bounds, 1, 0};
+bounds_t pending_limit_bounds = {check_bounds, 64 * 1024, 0};
 
 char *set_ingest(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
 char *set_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
 char *set_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
+char *set_spool(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
 
 ngx_command_t commands[] = {
     {ngx_string("recording_ingest"),
@@ -125,6 +137,35 @@ ngx_command_t commands[] = {
      ngx_conf_set_size_slot, NGX_HTTP_MAIN_CONF_OFFSET,
      offsetof(ngx_http_recording_main_conf_t, site_cache_size), &cache_size_bounds},
 
+    {ngx_string("recording_batch_elements"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_recording_loc_conf_t, batch_elements), &batch_elements_bounds},
+
+    {ngx_string("recording_batch_size"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_recording_loc_conf_t, batch_size), &batch_size_bounds},
+
+    {ngx_string("recording_batch_delay"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_recording_loc_conf_t, batch_delay), nullptr},
+
+    {ngx_string("recording_pending_limit"),
+     NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_size_slot, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(ngx_http_recording_main_conf_t, pending_limit), &pending_limit_bounds},
+
+    {ngx_string("recording_spool"),
+     NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
+     set_spool, NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
+
+    {ngx_string("recording_spool_fsync"),
+     NGX_HTTP_MAIN_CONF | NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(ngx_http_recording_main_conf_t, spool_fsync), nullptr},
+
     ngx_null_command
 };
 
@@ -142,6 +183,9 @@ void *create_main_conf(ngx_conf_t *cf) noexcept
     }
     rmcf->site_cache_size = NGX_CONF_UNSET;
     rmcf->request_id_index = NGX_ERROR;
+    rmcf->pending_limit = NGX_CONF_UNSET_SIZE;
+    rmcf->spool_max_size = NGX_CONF_UNSET;
+    rmcf->spool_fsync = NGX_CONF_UNSET;
     return rmcf;
 }
 
@@ -151,6 +195,8 @@ char *init_main_conf(ngx_conf_t *, void *conf) noexcept
     if (rmcf->site_cache_size == NGX_CONF_UNSET) {
         rmcf->site_cache_size = kDefaultSiteCacheSize;
     }
+    ngx_conf_init_size_value(rmcf->pending_limit, kDefaultPendingLimit);
+    ngx_conf_init_value(rmcf->spool_fsync, 0);
     return NGX_CONF_OK;
 }
 
@@ -170,6 +216,9 @@ void *create_loc_conf(ngx_conf_t *cf) noexcept
     conf->redis_connect_timeout = NGX_CONF_UNSET_MSEC;
     conf->redis_read_timeout = NGX_CONF_UNSET_MSEC;
     conf->site_cache_ttl = NGX_CONF_UNSET_MSEC;
+    conf->batch_elements = NGX_CONF_UNSET_UINT;
+    conf->batch_size = NGX_CONF_UNSET_SIZE;
+    conf->batch_delay = NGX_CONF_UNSET_MSEC;
     return conf;
 }
 
@@ -277,6 +326,21 @@ ngx_http_recording_redis_server_t *add_redis_server(ngx_conf_t *cf, ngx_str_t *a
     server->stats_slot = NGX_ERROR;
     server->login.db = -1;
 
+    // The id names this Redis in spool records: everything but the secret.
+    server->id.data = static_cast<u_char *>(ngx_pnalloc(cf->pool, spec.len));
+    if (server->id.data == nullptr) {
+        return nullptr;
+    }
+    for (ngx_uint_t i = 0; i < nargs; i++) {
+        if (starts_with(args[i], "password=")) {
+            continue;
+        }
+        if (server->id.len != 0) {
+            server->id.data[server->id.len++] = ' ';
+        }
+        server->id.len = ngx_cpymem(server->id.data + server->id.len, args[i].data, args[i].len) - server->id.data;
+    }
+
     ngx_uint_t naddresses = 0;
     for (ngx_uint_t i = 0; i < nargs; i++) {
         ngx_str_t &arg = args[i];
@@ -359,6 +423,45 @@ char *set_redis(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept
     return rlcf->redis != nullptr ? NGX_CONF_OK : static_cast<char *>(NGX_CONF_ERROR);
 }
 
+// recording_spool <dir> [max_size=<size>]
+char *set_spool(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept
+{
+    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(conf);
+    if (rmcf->spool_path.len != 0) {
+        return const_cast<char *>("is duplicate");
+    }
+    auto *value = static_cast<ngx_str_t *>(cf->args->elts);
+    ngx_str_t path = value[1];
+    if (ngx_conf_full_name(cf->cycle, &path, 0) != NGX_OK) {
+        return static_cast<char *>(NGX_CONF_ERROR);
+    }
+    // NUL-terminated, for the system calls.
+    rmcf->spool_path.data = static_cast<u_char *>(ngx_pnalloc(cf->pool, path.len + 1));
+    if (rmcf->spool_path.data == nullptr) {
+        return static_cast<char *>(NGX_CONF_ERROR);
+    }
+    ngx_memcpy(rmcf->spool_path.data, path.data, path.len);
+    rmcf->spool_path.data[path.len] = '\0';
+    rmcf->spool_path.len = path.len;
+
+    rmcf->spool_max_size = kDefaultSpoolMaxSize;
+    for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
+        if (!starts_with(value[i], "max_size=")) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "unknown parameter \"%V\" in \"recording_spool\"", &value[i]);
+            return static_cast<char *>(NGX_CONF_ERROR);
+        }
+        ngx_str_t size = after(value[i], "max_size=");
+        rmcf->spool_max_size = ngx_parse_offset(&size);
+        if (rmcf->spool_max_size == NGX_ERROR || rmcf->spool_max_size < kMinSpoolMaxSize) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"%V\" in \"recording_spool\": a size of at least 1m is expected",
+                               &value[i]);
+            return static_cast<char *>(NGX_CONF_ERROR);
+        }
+    }
+    return ngx_http_recording_spool_check(cf, rmcf);
+}
+
 char *set_ingest(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept
 {
     auto *rlcf = static_cast<ngx_http_recording_loc_conf_t *>(conf);
@@ -429,6 +532,9 @@ char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept
     ngx_conf_merge_msec_value(conf->redis_read_timeout, prev->redis_read_timeout,
                               kDefaultRedisTimeout);
     ngx_conf_merge_msec_value(conf->site_cache_ttl, prev->site_cache_ttl, kDefaultSiteCacheTtl);
+    ngx_conf_merge_uint_value(conf->batch_elements, prev->batch_elements, kDefaultBatchElements);
+    ngx_conf_merge_size_value(conf->batch_size, prev->batch_size, kDefaultBatchSize);
+    ngx_conf_merge_msec_value(conf->batch_delay, prev->batch_delay, kDefaultBatchDelay);
 
     if (!conf->ingest) {
         return NGX_CONF_OK;
@@ -463,6 +569,8 @@ ngx_int_t postconfiguration(ngx_conf_t *cf) noexcept
     return ngx_http_recording_site_cache_init_zone(cf, rmcf);
 }
 
+ngx_http_recording_main_conf_t *running_conf = nullptr;  // this worker's
+
 ngx_http_recording_main_conf_t *cycle_main_conf(ngx_cycle_t *cycle) noexcept
 {
     if (ngx_http_cycle_get_module_main_conf(cycle, ngx_http_core_module) == nullptr) {
@@ -492,7 +600,8 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept
             return NGX_ERROR;
         }
     }
-    return NGX_OK;
+    running_conf = rmcf;
+    return ngx_http_recording_spool_init_process(cycle, rmcf);
 }
 
 void exit_process(ngx_cycle_t *cycle) noexcept
@@ -501,11 +610,16 @@ void exit_process(ngx_cycle_t *cycle) noexcept
     if (rmcf == nullptr) {
         return;
     }
+    // Routes first: closing them answers what is still in flight, which
+    // may go to the spool.
     auto **servers = static_cast<ngx_http_recording_redis_server_t **>(rmcf->servers.elts);
     for (ngx_uint_t i = 0; i < rmcf->servers.nelts; i++) {
         delete servers[i]->route;
         servers[i]->route = nullptr;
     }
+    ngx_http_recording_spool_exit_process();
+    ngx_http_recording_queue_exit();
+    running_conf = nullptr;
 }
 
 ngx_int_t preconfiguration(ngx_conf_t *cf) noexcept
@@ -525,6 +639,11 @@ ngx_http_module_t module_ctx = {
 };
 
 }  // namespace
+
+size_t ngx_http_recording_pending_limit() noexcept
+{
+    return running_conf != nullptr ? running_conf->pending_limit : kDefaultPendingLimit;
+}
 
 ngx_module_t ngx_http_recording_module = {
     NGX_MODULE_V1,

@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "body_decoder.h"
+#include "outcome.h"
 #include "site_settings.h"
 
 #include "ngx_http_recording_redis.h"
@@ -19,6 +20,7 @@ extern "C" ngx_module_t ngx_http_recording_module;
 struct ngx_http_recording_redis_server_t {
     ngx_str_t    name;        // the addresses as written, for logs and figures
     ngx_str_t    spec;        // every argument: what makes two the same
+    ngx_str_t    id;          // the arguments but the password: kept in spool records
     ngx_array_t  addresses;   // of RedisAddress
     ngx_flag_t   cluster;
     RedisLogin   login;
@@ -33,6 +35,11 @@ struct ngx_http_recording_main_conf_t {
     ngx_int_t        request_id_index;
     ngx_flag_t       ingest_used;
     ngx_flag_t       status_used;
+
+    size_t           pending_limit;    // bytes a worker holds for Redis
+    ngx_str_t        spool_path;       // empty: no spool
+    off_t            spool_max_size;
+    ngx_flag_t       spool_fsync;
 };
 
 struct ngx_http_recording_loc_conf_t {
@@ -47,12 +54,30 @@ struct ngx_http_recording_loc_conf_t {
     ngx_msec_t                          redis_connect_timeout;
     ngx_msec_t                          redis_read_timeout;
     ngx_msec_t                          site_cache_ttl;
+    ngx_uint_t                          batch_elements;
+    size_t                              batch_size;
+    ngx_msec_t                          batch_delay;
+};
+
+// The link between a request and the Redis work done for it. It outlives
+// the request when the client goes away first: the work then finds
+// `request` null and only frees the link.
+struct ngx_http_recording_waiter_t {
+    ngx_http_request_t  *request;
+    bool                 in_flight;
 };
 
 // ngx_http_recording_handler.cpp: the content handler, and the variables
 // telling what it did.
 ngx_int_t ngx_http_recording_handler(ngx_http_request_t *r) noexcept;
 ngx_int_t ngx_http_recording_add_variables(ngx_conf_t *cf) noexcept;
+
+// Tells a request what became of its element (from the queue).
+void ngx_http_recording_pushed(ngx_http_recording_waiter_t *waiter,
+    recording::Outcome outcome, uint64_t redis_time_us) noexcept;
+
+// `recording_pending_limit` of the running configuration.
+size_t ngx_http_recording_pending_limit() noexcept;
 
 // Answers with `body`, which must live as long as the request.
 ngx_int_t ngx_http_recording_send(ngx_http_request_t *r, ngx_uint_t status,

@@ -26,6 +26,15 @@ struct ngx_http_recording_stats_t {
     ngx_atomic_t  push_duration[recording::kPushDurationBuckets];
     ngx_atomic_t  push_duration_sum_us;
 
+    ngx_atomic_t  pending_bytes;
+    ngx_atomic_t  pending_limit_refusals;
+    ngx_atomic_t  spooled_elements;
+    ngx_atomic_t  replayed_elements;
+    ngx_atomic_t  spool_full_refusals;
+    ngx_atomic_t  spool_write_failures;
+    ngx_atomic_t  spool_bytes;   // as last seen by a worker
+    ngx_atomic_t  spool_files;
+
     ngx_atomic_t  site_cache_hits;
     ngx_atomic_t  site_cache_misses;
     ngx_atomic_t  site_cache_entries;

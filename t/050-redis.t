@@ -550,7 +550,7 @@ R
 }
 
 # ---------------------------------------------------------------------------
-# 10. 200 concurrent requests: pipelined on one connection.
+# 10. 200 concurrent requests: batched and pipelined on one connection.
 # ---------------------------------------------------------------------------
 {
     my $t = 'pipelining';
@@ -574,7 +574,9 @@ R
     my $stats = redis_cmd('INFO', 'commandstats');
     my ($hmget) = $stats =~ /cmdstat_hmget:calls=(\d+)/;
     my ($rpush) = $stats =~ /cmdstat_rpush:calls=(\d+)/;
-    is($rpush, $n, "$t: $n RPUSH calls");
+    # Batches taken close together share an RPUSH (recording_batch_*).
+    cmp_ok($rpush, '<', $n, "$t: fewer RPUSH calls than batches ($rpush for $n)");
+    cmp_ok($rpush, '>=', 1, "$t: ... and some");
     is($hmget, 1, "$t: one site lookup for the burst");
     no_crash($t);
     ok(stop_nginx(), "$t: nginx stops gracefully");

@@ -1,0 +1,323 @@
+// Queueing: gathering elements into RPUSH commands, sending them, and
+// falling back on the spool.
+//
+// An element joins the open batch of its Redis and key. A batch is sealed
+// when it reaches `recording_batch_elements` or `recording_batch_size`,
+// or when `recording_batch_delay` has passed since its first element
+// (0: at the end of the current pass of the event loop). Sealed batches
+// are sent from a posted event or a timer, never from within a request's
+// handler, so that every answer comes from one place. Replies come in the
+// order the commands went out, so a session's batches, which share a key,
+// reach Redis in the order they were taken.
+//
+// A batch that cannot be sent, or that gets no acknowledgement, goes to
+// the spool when there is one (`recording_spool`), else its requests get
+// 503. While the spool holds records, new batches go there too, behind
+// them, until the spool is replayed: the order holds through an outage.
+
+#include "ngx_http_recording_queue.h"
+
+#include <memory>
+#include <new>
+#include <vector>
+
+#include <hiredis/hiredis.h>
+
+#include "ngx_http_recording_spool.h"
+#include "ngx_http_recording_stats.h"
+#include "redis_protocol.h"
+
+namespace {
+
+struct Batch {
+    ngx_http_recording_redis_server_t *server = nullptr;
+    RedisTimeouts timeouts{};
+    recording::RpushBuilder command;
+    std::vector<ngx_http_recording_waiter_t *> waiters;
+    std::string key;
+    size_t held = 0;
+    uint64_t sent_us = 0;
+    bool to_spool = false;  // taken over the memory bound: not for Redis now
+};
+
+// The open batch of one Redis and key, and what seals it.
+struct Slot {
+    ngx_http_recording_redis_server_t *server;
+    std::string key;
+    std::unique_ptr<Batch> batch;
+    ngx_uint_t max_elements;
+    size_t max_size;
+    ngx_msec_t delay;
+    bool due = false;     // to be sealed by the posted flush event
+    ngx_event_t timer{};
+};
+
+std::vector<std::unique_ptr<Slot>> slots;
+std::vector<std::unique_ptr<Batch>> sealed;   // to be sent by the flush event
+std::vector<std::unique_ptr<Batch>> spares;   // reused, with their buffers
+constexpr size_t kMaxSpares = 16;
+size_t held_bytes = 0;
+ngx_event_t flush_event;
+bool flush_event_ready = false;
+
+void dispatch(std::unique_ptr<Batch> batch) noexcept;
+
+std::unique_ptr<Batch> new_batch(ngx_http_recording_redis_server_t *server, std::string_view key,
+                                 const RedisTimeouts &timeouts)
+{
+    std::unique_ptr<Batch> batch;
+    if (!spares.empty()) {
+        batch = std::move(spares.back());
+        spares.pop_back();
+    } else {
+        batch = std::make_unique<Batch>();
+    }
+    batch->server = server;
+    batch->timeouts = timeouts;
+    batch->key.assign(key);
+    batch->command.reset(key);
+    batch->waiters.clear();
+    batch->held = 0;
+    batch->to_spool = false;
+    return batch;
+}
+
+void release(std::unique_ptr<Batch> batch) noexcept
+{
+    held_bytes -= batch->held;
+    ngx_http_recording_count(&ngx_http_recording_stats_t::pending_bytes,
+                             -static_cast<ngx_atomic_int_t>(batch->held));
+    batch->waiters.clear();
+    // A spare keeps its buffer: a huge one is not worth keeping.
+    if (spares.size() < kMaxSpares && batch->held < 4 * 1024 * 1024) {
+        try {
+            spares.push_back(std::move(batch));
+        } catch (const std::bad_alloc &) {
+        }
+    }
+}
+
+// Tells every request of the batch its fate, then lets the batch go.
+void answer(std::unique_ptr<Batch> batch, recording::Outcome outcome, uint64_t redis_time_us) noexcept
+{
+    std::vector<ngx_http_recording_waiter_t *> waiters;
+    waiters.swap(batch->waiters);
+    release(std::move(batch));
+    for (ngx_http_recording_waiter_t *waiter : waiters) {
+        ngx_http_recording_pushed(waiter, outcome, redis_time_us);
+    }
+}
+
+// The batch did not reach Redis: to the spool, or 503.
+void fall_back(std::unique_ptr<Batch> batch) noexcept
+{
+    if (ngx_http_recording_spool_enabled()
+        && ngx_http_recording_spool_write(batch->server, batch->key,
+                                          static_cast<uint32_t>(batch->command.elements()),
+                                          batch->command.command()))
+    {
+        answer(std::move(batch), recording::Outcome::queued, 0);
+        return;
+    }
+    answer(std::move(batch), recording::Outcome::queue_unavailable, 0);
+}
+
+// The RPUSH of one batch, in flight.
+class PushCall final : public RedisCall {
+public:
+    std::unique_ptr<Batch> batch;
+
+    void on_reply(const redisReply *reply) noexcept override
+    {
+        size_t elements = batch->command.elements();
+        uint64_t round_trip = ngx_http_recording_now_us() - batch->sent_us;
+        ngx_http_recording_count(&ngx_http_recording_stats_t::inflight_elements,
+                                 -static_cast<ngx_atomic_int_t>(elements));
+        if (reply != nullptr) {
+            ngx_http_recording_count_push_duration(round_trip);
+        }
+        // RPUSH answers the list's new length; anything else pushed nothing.
+        if (reply != nullptr && reply->type == REDIS_REPLY_INTEGER) {
+            ngx_http_recording_count(&ngx_http_recording_stats_t::pushed_elements,
+                                     static_cast<ngx_atomic_int_t>(elements));
+            answer(std::move(batch), recording::Outcome::queued, round_trip);
+        } else {
+            fall_back(std::move(batch));
+        }
+        delete this;
+    }
+};
+
+void dispatch(std::unique_ptr<Batch> batch) noexcept
+{
+    RedisRoute *route = batch->server->route;
+    // Behind records waiting in the spool, or while Redis is known down.
+    if (batch->to_spool
+        || (ngx_http_recording_spool_enabled()
+            && (ngx_http_recording_spool_holds_records() || !route->available())))
+    {
+        fall_back(std::move(batch));
+        return;
+    }
+    auto *call = new (std::nothrow) PushCall();
+    if (call == nullptr) {
+        fall_back(std::move(batch));
+        return;
+    }
+    size_t elements = batch->command.elements();
+    batch->sent_us = ngx_http_recording_now_us();
+    call->batch = std::move(batch);
+    Batch &sent = *call->batch;
+    if (!route->send(sent.key, sent.command.command(), call, sent.timeouts)) {
+        batch = std::move(call->batch);
+        delete call;
+        fall_back(std::move(batch));
+        return;
+    }
+    ngx_http_recording_count(&ngx_http_recording_stats_t::rpush_commands);
+    ngx_http_recording_count(&ngx_http_recording_stats_t::inflight_elements,
+                             static_cast<ngx_atomic_int_t>(elements));
+}
+
+void seal(Slot &slot) noexcept
+{
+    slot.due = false;
+    if (slot.timer.timer_set) {
+        ngx_del_timer(&slot.timer);
+    }
+    if (slot.batch != nullptr && slot.batch->command.elements() > 0) {
+        dispatch(std::move(slot.batch));
+    }
+    slot.batch.reset();
+}
+
+void on_delay(ngx_event_t *ev) noexcept
+{
+    seal(*static_cast<Slot *>(ev->data));
+}
+
+void on_flush(ngx_event_t *) noexcept
+{
+    std::vector<std::unique_ptr<Batch>> ready;
+    ready.swap(sealed);
+    for (auto &batch : ready) {
+        dispatch(std::move(batch));
+    }
+    for (auto &slot : slots) {
+        if (slot->due) {
+            seal(*slot);
+        }
+    }
+}
+
+void post_flush() noexcept
+{
+    if (!flush_event_ready) {
+        flush_event.handler = on_flush;
+        flush_event.log = ngx_cycle->log;
+        flush_event_ready = true;
+    }
+    if (!flush_event.posted) {
+        ngx_post_event(&flush_event, &ngx_posted_events);
+    }
+}
+
+Slot &slot_for(ngx_http_recording_loc_conf_t *conf, std::string_view key)
+{
+    for (auto &slot : slots) {
+        if (slot->server == conf->redis && slot->key == key) {
+            return *slot;
+        }
+    }
+    auto slot = std::make_unique<Slot>();
+    slot->server = conf->redis;
+    slot->key.assign(key);
+    slot->max_elements = conf->batch_elements;
+    slot->max_size = conf->batch_size;
+    slot->delay = conf->batch_delay;
+    slot->timer.handler = on_delay;
+    slot->timer.data = slot.get();
+    slot->timer.log = ngx_cycle->log;
+    slots.push_back(std::move(slot));
+    return *slots.back();
+}
+
+}  // namespace
+
+bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::string_view key,
+                                   const recording::QueueElement &element,
+                                   ngx_http_recording_waiter_t *waiter) noexcept
+{
+    try {
+        bool spool = ngx_http_recording_spool_enabled();
+        if (!spool) {
+            if (held_bytes + element.size() > ngx_http_recording_pending_limit()) {
+                ngx_http_recording_count(&ngx_http_recording_stats_t::pending_limit_refusals);
+                return false;
+            }
+            if (!conf->redis->route->available()) {
+                return false;
+            }
+        }
+
+        Slot &slot = slot_for(conf, key);
+        if (slot.batch == nullptr) {
+            slot.batch = new_batch(conf->redis, key, {conf->redis_connect_timeout, conf->redis_read_timeout});
+        }
+        Batch &batch = *slot.batch;
+        size_t before = batch.command.size();
+        batch.waiters.push_back(waiter);
+        try {
+            batch.command.add(element);
+        } catch (...) {
+            batch.waiters.pop_back();
+            throw;
+        }
+        size_t added = batch.command.size() - before;
+        batch.held += added;
+        held_bytes += added;
+        ngx_http_recording_count(&ngx_http_recording_stats_t::pending_bytes,
+                                 static_cast<ngx_atomic_int_t>(added));
+        waiter->in_flight = true;
+
+        // Over the memory bound with a spool: this batch goes there now.
+        bool over_limit = held_bytes > ngx_http_recording_pending_limit();
+        if (over_limit || batch.command.elements() >= slot.max_elements || batch.command.size() >= slot.max_size) {
+            if (slot.timer.timer_set) {
+                ngx_del_timer(&slot.timer);
+            }
+            slot.due = false;
+            batch.to_spool = over_limit;
+            sealed.push_back(std::move(slot.batch));
+            post_flush();
+        } else if (slot.delay == 0) {
+            slot.due = true;
+            post_flush();
+        } else if (!slot.timer.timer_set) {
+            ngx_add_timer(&slot.timer, slot.delay);
+        }
+        return true;
+    } catch (const std::exception &) {
+        return false;
+    }
+}
+
+size_t ngx_http_recording_queue_held() noexcept
+{
+    return held_bytes;
+}
+
+void ngx_http_recording_queue_exit() noexcept
+{
+    for (auto &slot : slots) {
+        if (slot->timer.timer_set) {
+            ngx_del_timer(&slot->timer);
+        }
+    }
+    if (flush_event.posted) {
+        ngx_delete_posted_event(&flush_event);
+    }
+    slots.clear();
+    sealed.clear();
+    spares.clear();
+}

@@ -1,0 +1,23 @@
+// Queueing: the elements of batches accepted close together for the same
+// Redis and queue key go out as one RPUSH; several RPUSH may be in flight
+// on a connection. Each request is answered when its own element is
+// acknowledged (or written to the spool), in the order elements were taken.
+#pragma once
+
+#include "ngx_http_recording_module.h"
+
+#include "enrichment.h"
+
+// Takes `element` for `key` in the Redis of `conf`. ngx_http_recording_pushed()
+// later tells the request behind `waiter` its fate, exactly once, never
+// from within this call. Returns false, taking nothing, when the element
+// cannot be taken: the worker holds `recording_pending_limit` already, or
+// Redis is unreachable, and there is no spool to take it instead.
+bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::string_view key,
+    const recording::QueueElement &element, ngx_http_recording_waiter_t *waiter) noexcept;
+
+// Bytes this worker holds for Redis: gathered and in flight.
+size_t ngx_http_recording_queue_held() noexcept;
+
+// exit_process: frees what is left (by then every batch was answered).
+void ngx_http_recording_queue_exit() noexcept;

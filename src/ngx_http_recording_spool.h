@@ -1,0 +1,30 @@
+// The disk spool (`recording_spool`): where accepted batches wait while
+// Redis cannot take them, and from where they are replayed, oldest first,
+// into the same queue keys once it can.
+#pragma once
+
+#include "ngx_http_recording_module.h"
+
+#include <string_view>
+
+// Whether `recording_spool` is configured.
+bool ngx_http_recording_spool_enabled() noexcept;
+
+// True while records wait in the spool: new batches must go there too,
+// behind them, so that a session's batches keep their order.
+bool ngx_http_recording_spool_holds_records() noexcept;
+
+// Appends one RPUSH command (of `elements` elements) meant for `server`
+// and `key`. True once written, and synced with `recording_spool_fsync
+// on`; false when the spool is full or the write failed.
+bool ngx_http_recording_spool_write(ngx_http_recording_redis_server_t *server, std::string_view key,
+    uint32_t elements, std::string_view command) noexcept;
+
+// Checks the directory when the configuration is read.
+char *ngx_http_recording_spool_check(ngx_conf_t *cf, ngx_http_recording_main_conf_t *rmcf) noexcept;
+
+// init_process: starts looking for records to replay; exit_process: stops
+// and closes the files (their locks go with them).
+ngx_int_t ngx_http_recording_spool_init_process(ngx_cycle_t *cycle,
+    ngx_http_recording_main_conf_t *rmcf) noexcept;
+void ngx_http_recording_spool_exit_process() noexcept;
