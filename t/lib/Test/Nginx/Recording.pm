@@ -115,7 +115,7 @@ our @EXPORT = qw(
     run_tests planned_tests repeat_each add_block_preprocessor
     start_nginx stop_nginx reload_nginx http_request error_log_text
     servroot server_port html_dir
-    redis_cmd redis_cmd_raw redis_port redis_start redis_stop redis_restart
+    redis_cmd redis_cmd_raw redis_port redis_start redis_stop redis_restart redis_kill
     gzip_bytes deflate_bytes raw_deflate_bytes
     concurrent_requests poll_until count_matches crash_lines no_crash ingest_location
     start_server start_silent_server track_child stop_child
@@ -447,13 +447,17 @@ sub redis_cmd {
     return $reply;
 }
 
+# redis_start(@options): extra redis-server options (e.g. '--appendonly',
+# 'yes') override the defaults, and stay for later starts in this file.
+my @REDIS_OPTIONS;
 sub redis_start {
+    @REDIS_OPTIONS = @_ if @_;
     return 1 if _redis_running();
     undef $REDIS_STOPPED_BY_TEST;
     my $dir = "$SERVROOT/redis";
     $REDIS_PID = _spawn([$REDIS_SERVER, '--port', $REDIS_PORT, '--bind', '127.0.0.1',
                          '--save', '', '--appendonly', 'no', '--daemonize', 'no',
-                         '--dir', $dir, '--logfile', "$dir/redis.log"],
+                         '--dir', $dir, '--logfile', "$dir/redis.log", @REDIS_OPTIONS],
                         "$dir/redis.stdout");
     my $deadline = time + $START_TIMEOUT;
     while (1) {
@@ -487,6 +491,16 @@ sub redis_stop {
 }
 
 sub redis_restart { redis_stop(); return redis_start() }
+
+# kill -9: whatever Redis had not written (appendonly, appendfsync) is lost.
+sub redis_kill {
+    return unless _redis_running();
+    kill KILL => $REDIS_PID;
+    _wait_exit($REDIS_PID, 5);
+    undef $REDIS_PID;
+    $REDIS_STOPPED_BY_TEST = 1;
+    return 1;
+}
 
 # Parse "CMD arg 'quoted arg' \"with \\n escapes\"" lines (# comments and
 # blank lines skipped) into [[CMD, args...], ...].
@@ -558,7 +572,8 @@ sub _write_config {
     $conf .= "daemon off;\n";
     $conf .= "master_process on;\n"  unless $main =~ /^\s*master_process\b/m;
     $conf .= "worker_processes 1;\n" unless $main =~ /^\s*worker_processes\b/m;
-    $conf .= "error_log logs/error.log debug;\n";
+    # Load tests ask for less than debug: its volume would be the test.
+    $conf .= "error_log logs/error.log " . ($sec{error_log_level} // 'debug') . ";\n";
     $conf .= "pid logs/nginx.pid;\n";
     $conf .= "user root root;\n"      # workers must read root's temp files
         if $> == 0 && $main !~ /^\s*user\b/m;
