@@ -1,39 +1,40 @@
 // The disk spool.
 //
-// Each worker appends to a file of its own, "<ms>-<pid>-<n>.spool" (so that
-// names sort oldest first), holding an exclusive flock() on it while it
-// writes: a file nobody holds is finished, left by a worker that rotated
-// it, stopped or crashed. Every second (and at once after a file is done)
-// a worker whose Redis answers looks for such files, oldest first, takes
-// one by locking it, and replays its records into the same keys with
-// several RPUSH in flight. The offset up to which records were
-// acknowledged is kept in the file's header, so a replay cut short resumes
-// there; when every record is acknowledged the file is removed. Since a
-// file is locked and its name checked again before it is read, two workers
-// never replay the same file, and a file removed meanwhile is not read.
+// One file, "recording.spool" in the spool directory, shared by every
+// worker: records are appended in the order batches were taken, whichever
+// worker took them, so replaying the file front to back keeps every
+// session's order. A writer holds an exclusive flock() on the file for
+// the time of one append (one writev, and an fdatasync with
+// `recording_spool_fsync on`), so appends never interleave.
 //
-// Writes are plain write(2)s from the event loop: a record is on its way
-// to disk (in the page cache, safe from a crash of nginx) before the batch
-// is answered; with `recording_spool_fsync on` it is also on the device
-// (fdatasync) first, safe from a crash of the machine.
+// One worker at a time replays, the one holding the flock() on
+// "replay.lock". It sends records with several RPUSH in flight, keeps the
+// offset up to which Redis acknowledged them in the file's header (a
+// replay cut short, by a failure or a crash, resumes there), follows the
+// file as others append, and removes it once Redis has everything: under
+// the file's lock, when nothing was appended past what it replayed. A
+// writer that then finds the file it holds removed (no link left) starts
+// a new one. The file's existence is what tells workers that records are
+// waiting, and that new batches must go behind them.
+//
+// Writes are plain write(2)s from the event loop: a record is in the page
+// cache, safe from a crash of nginx, before the batch is answered; with
+// `recording_spool_fsync on` it is on the device first, safe from a crash
+// of the machine.
 
 #include "ngx_http_recording_spool.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
-#include <cstdio>
-#include <cstring>
 #include <deque>
 #include <new>
+#include <optional>
 #include <string>
-#include <vector>
 
 #include <hiredis/hiredis.h>
 
@@ -44,7 +45,10 @@ namespace {
 
 namespace spool = recording::spool;
 
+constexpr const char *kSpoolName = "recording.spool";
+constexpr const char *kReplayLockName = "replay.lock";
 constexpr ngx_msec_t kScanInterval = 1000;
+constexpr ngx_msec_t kRetryFinish = 10;                    // while a writer holds the file
 constexpr size_t kReplayWindow = 64;                       // records in flight
 constexpr size_t kReplayWindowBytes = 16 * 1024 * 1024;
 // Replay is no request's: its own timeouts, generous for large records.
@@ -52,94 +56,64 @@ constexpr RedisTimeouts kReplayTimeouts = {1000, 5000};
 
 ngx_http_recording_main_conf_t *conf = nullptr;  // this cycle's, in a worker
 ngx_log_t *spool_log = nullptr;
+std::string spool_path;
+std::string lock_path;
+bool exiting = false;
 
-// --- Scanning ---------------------------------------------------------------
-
-struct SpoolFile {
-    std::string name;
-    off_t size;
-};
-
-std::string path_of(std::string_view name)
+bool stopping()
 {
-    std::string path(reinterpret_cast<const char *>(conf->spool_path.data), conf->spool_path.len);
-    path += '/';
-    path.append(name);
-    return path;
+    return exiting || ngx_exiting || ngx_terminate || ngx_quit;
 }
 
-bool is_spool_name(const char *name)
-{
-    size_t len = std::strlen(name);
-    return len > 6 && std::strcmp(name + len - 6, ".spool") == 0 && name[0] != '.';
-}
+// Whether the file exists, asked of the system at most once a millisecond.
+struct {
+    ngx_msec_t at = 0;
+    bool checked = false;
+    bool exists = false;
+} presence;
 
-// The directory's spool files, oldest first.
-std::vector<SpoolFile> scan()
+bool spool_exists()
 {
-    std::vector<SpoolFile> files;
-    std::string dir(reinterpret_cast<const char *>(conf->spool_path.data), conf->spool_path.len);
-    DIR *d = opendir(dir.c_str());
-    if (d == nullptr) {
-        ngx_log_error(NGX_LOG_ERR, spool_log, ngx_errno, "recording: spool: opendir(\"%s\") failed", dir.c_str());
-        return files;
-    }
-    while (dirent *entry = readdir(d)) {
-        if (!is_spool_name(entry->d_name)) {
-            continue;
-        }
+    if (!presence.checked || presence.at != ngx_current_msec) {
         struct stat st;
-        if (stat(path_of(entry->d_name).c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
-            files.push_back({entry->d_name, st.st_size});
-        }
+        presence.exists = ::stat(spool_path.c_str(), &st) == 0;
+        presence.at = ngx_current_msec;
+        presence.checked = true;
     }
-    closedir(d);
-    std::sort(files.begin(), files.end(), [](const SpoolFile &a, const SpoolFile &b) { return a.name < b.name; });
-    return files;
+    return presence.exists;
+}
+
+void update_gauges(off_t size)
+{
+    if (ngx_http_recording_stats != nullptr) {
+        ngx_http_recording_stats->spool_bytes = static_cast<ngx_atomic_uint_t>(size);
+        ngx_http_recording_stats->spool_files = size > 0 ? 1 : 0;
+    }
 }
 
 // --- Writing ----------------------------------------------------------------
 
-struct Writer {
+struct {
     int fd = -1;
-    std::string name;
-    off_t size = 0;
-    unsigned files_made = 0;
-
-    // The spool's size as last seen, plus what this worker wrote since.
-    off_t seen_total = 0;
-    size_t seen_others = 0;  // files with records, but for our own
-    ngx_msec_t seen_at = 0;
-    bool scanned = false;
-    bool full = false;  // logged once per spell
-    bool failing = false;
+    bool full = false;     // logged once per spell
+    bool failing = false;  // likewise
 } writer;
 
-void close_writer()
-{
-    if (writer.fd != -1) {
-        ::close(writer.fd);  // releases the lock: the file is finished
-        writer.fd = -1;
-    }
-}
-
-void note_scan(const std::vector<SpoolFile> &files)
-{
-    writer.seen_total = 0;
-    writer.seen_others = 0;
-    for (const SpoolFile &file : files) {
-        writer.seen_total += file.size;
-        if (file.size > static_cast<off_t>(spool::kFileHeaderSize) && !(writer.fd != -1 && file.name == writer.name)) {
-            writer.seen_others++;
+class FileLock {
+public:
+    explicit FileLock(int fd) : fd_(fd) { locked_ = flock(fd, LOCK_EX) == 0; }
+    ~FileLock()
+    {
+        if (locked_) {
+            flock(fd_, LOCK_UN);
         }
     }
-    writer.seen_at = ngx_current_msec;
-    writer.scanned = true;
-    if (ngx_http_recording_stats != nullptr) {
-        ngx_http_recording_stats->spool_bytes = static_cast<ngx_atomic_uint_t>(writer.seen_total);
-        ngx_http_recording_stats->spool_files = files.size();
-    }
-}
+    bool locked() const { return locked_; }
+
+private:
+    int fd_;
+    bool locked_;
+};
 
 bool write_all(int fd, const iovec *iov, int iovcnt, size_t total)
 {
@@ -153,48 +127,69 @@ bool write_all(int fd, const iovec *iov, int iovcnt, size_t total)
     return false;
 }
 
+void close_writer()
+{
+    if (writer.fd != -1) {
+        ::close(writer.fd);
+        writer.fd = -1;
+    }
+}
+
+// Opens the spool file for appending, creating it if needed.
 bool open_writer()
 {
-    char name[64];
-    ngx_time_t *tp = ngx_timeofday();
-    std::snprintf(name, sizeof(name), "%013llu-%010lu-%06u.spool",
-                  static_cast<unsigned long long>(tp->sec) * 1000 + tp->msec,
-                  static_cast<unsigned long>(ngx_pid), writer.files_made++);
-    std::string path = path_of(name);
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd == -1) {
-        ngx_log_error(NGX_LOG_ERR, spool_log, ngx_errno, "recording: spool: open(\"%s\") failed", path.c_str());
+    writer.fd = ::open(spool_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (writer.fd == -1) {
+        ngx_log_error(NGX_LOG_ERR, spool_log, ngx_errno, "recording: spool: open(\"%s\") failed", spool_path.c_str());
         return false;
     }
-    std::string header = spool::file_header();
-    iovec iov = {header.data(), header.size()};
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0 || !write_all(fd, &iov, 1, header.size())) {
-        ngx_log_error(NGX_LOG_ERR, spool_log, ngx_errno, "recording: spool: cannot start \"%s\"", path.c_str());
-        ::close(fd);
-        ::unlink(path.c_str());
-        return false;
-    }
-    writer.fd = fd;
-    writer.name = name;
-    writer.size = static_cast<off_t>(header.size());
-    writer.seen_total += writer.size;
     return true;
+}
+
+// The spool file locked for an append: reopened if the replayer removed
+// it meanwhile; its header written if it is new. Returns its size, or -1.
+off_t lock_for_append(std::optional<FileLock> &lock)
+{
+    for (int attempt = 0; attempt < 3; attempt++) {
+        if (writer.fd == -1 && !open_writer()) {
+            return -1;
+        }
+        lock.emplace(writer.fd);
+        struct stat st;
+        if (!lock->locked() || fstat(writer.fd, &st) != 0) {
+            ngx_log_error(NGX_LOG_ERR, spool_log, ngx_errno, "recording: spool: cannot lock \"%s\"",
+                          spool_path.c_str());
+            return -1;
+        }
+        if (st.st_nlink == 0) {  // replayed and removed: a new file
+            lock.reset();
+            close_writer();
+            continue;
+        }
+        if (st.st_size < static_cast<off_t>(spool::kFileHeaderSize)) {
+            // New (or cut in its header by a crash, before any record).
+            std::string header = spool::file_header();
+            iovec iov = {header.data(), header.size()};
+            if (ftruncate(writer.fd, 0) != 0 || !write_all(writer.fd, &iov, 1, header.size())) {
+                return -1;
+            }
+            return static_cast<off_t>(header.size());
+        }
+        return st.st_size;
+    }
+    return -1;
 }
 
 // --- Replaying --------------------------------------------------------------
 
-class ReplayCall;
-
 struct Replay {
-    int fd = -1;
-    std::string name;
-    uint64_t next = 0;        // where the next record starts
-    uint64_t acknowledged = 0;
-    bool at_end = false;
-    bool failed = false;
-    unsigned generation = 0;  // of the file taken: late replies of another are ignored
+    int lock_fd = -1;  // replay.lock, held: this worker replays
+    int fd = -1;       // the spool file
+    uint64_t next = 0;           // where the next record starts
+    uint64_t acknowledged = 0;   // Redis has everything before this
+    bool failed = false;         // Redis did not take a record: try later
+    unsigned generation = 0;     // late replies of an earlier replay are ignored
     size_t bytes_in_flight = 0;
-    // Records sent, in file order, and what Redis said of each.
     enum class State { waiting, taken, refused };
     struct Sent {
         uint64_t end;
@@ -202,16 +197,21 @@ struct Replay {
         uint32_t elements;
         State state;
     };
-    std::deque<Sent> sent;
-    std::string record;  // the one being read
+    std::deque<Sent> sent;  // in file order
+    std::string record;     // the one being read
 } replay;
 
 ngx_event_t scan_timer;
-ngx_event_t resume_event;  // continues replaying from outside a Redis callback
-bool exiting = false;
+ngx_event_t resume_timer;  // continues replaying, from outside Redis callbacks
 
 void pump() noexcept;
-void schedule_resume() noexcept;
+
+void resume_soon(ngx_msec_t delay) noexcept
+{
+    if (!resume_timer.timer_set && !stopping()) {
+        ngx_add_timer(&resume_timer, delay);
+    }
+}
 
 ngx_http_recording_redis_server_t *server_by_id(std::string_view id)
 {
@@ -224,78 +224,87 @@ ngx_http_recording_redis_server_t *server_by_id(std::string_view id)
     return nullptr;
 }
 
-void close_replay()
+// Ends this worker's turn at replaying (the lock goes with the fd).
+void stop_replay()
 {
     if (replay.fd != -1) {
         ::close(replay.fd);
         replay.fd = -1;
     }
+    if (replay.lock_fd != -1) {
+        ::close(replay.lock_fd);
+        replay.lock_fd = -1;
+    }
     replay.sent.clear();
     replay.bytes_in_flight = 0;
+    replay.generation++;
 }
 
-// Puts a file that cannot be replayed aside, for the operator.
-void set_aside(const std::string &name, const char *why)
+// Puts the spool file aside for the operator: what it holds cannot be
+// replayed as it is. New records go to a new file.
+void set_aside(const char *why)
 {
-    std::string from = path_of(name);
-    std::string to = from + ".bad";
-    ngx_log_error(NGX_LOG_ALERT, spool_log, 0, "recording: spool: \"%s\" %s, renamed to \"%s\"", from.c_str(), why,
-                  to.c_str());
-    if (::rename(from.c_str(), to.c_str()) != 0) {
-        ngx_log_error(NGX_LOG_ALERT, spool_log, ngx_errno, "recording: spool: rename(\"%s\") failed", from.c_str());
+    char suffix[48];
+    ngx_snprintf(reinterpret_cast<u_char *>(suffix), sizeof(suffix), ".%M.bad%Z", ngx_current_msec);
+    std::string to = spool_path + suffix;
+    ngx_log_error(NGX_LOG_ALERT, spool_log, 0, "recording: spool: \"%s\" %s at offset %uL, renamed to \"%s\"",
+                  spool_path.c_str(), why, replay.next, to.c_str());
+    if (::rename(spool_path.c_str(), to.c_str()) != 0) {
+        ngx_log_error(NGX_LOG_ALERT, spool_log, ngx_errno, "recording: spool: rename(\"%s\") failed",
+                      spool_path.c_str());
     }
+    presence.checked = false;
 }
 
-// Takes `file` to replay: false when another worker holds it, it is gone,
-// or it cannot be read.
-bool take(const SpoolFile &file)
+// Becomes the replaying worker if no other is and there is a file.
+bool start_replay()
 {
-    std::string path = path_of(file.name);
-    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (!spool_exists()) {
+        return false;
+    }
+    int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd == -1) {
+        ngx_log_error(NGX_LOG_ERR, spool_log, ngx_errno, "recording: spool: open(\"%s\") failed", lock_path.c_str());
+        return false;
+    }
+    if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        ::close(lock_fd);  // another worker replays
+        return false;
+    }
+    int fd = ::open(spool_path.c_str(), O_RDWR | O_CLOEXEC);
     if (fd == -1) {
-        return false;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        ::close(fd);
-        return false;
-    }
-    // Still the file of that name? Another worker may have finished and
-    // removed it between our open() and flock().
-    struct stat opened, named;
-    if (fstat(fd, &opened) != 0 || stat(path.c_str(), &named) != 0 || opened.st_ino != named.st_ino
-        || opened.st_dev != named.st_dev)
-    {
-        ::close(fd);
+        ::close(lock_fd);
         return false;
     }
     char header[spool::kFileHeaderSize];
-    ssize_t n = pread(fd, header, sizeof(header), 0);
     uint64_t replayed = 0;
-    if (n != static_cast<ssize_t>(sizeof(header))
+    if (pread(fd, header, sizeof(header), 0) != static_cast<ssize_t>(sizeof(header))
         || !spool::read_file_header(std::string_view(header, sizeof(header)), &replayed))
     {
-        if (opened.st_size < static_cast<off_t>(spool::kFileHeaderSize)) {
-            ::unlink(path.c_str());  // cut short before its first record
-        } else {
-            set_aside(file.name, "is not a spool file");
+        // Cut in its header by a crash before any record, or not ours.
+        struct stat st;
+        bool empty = fstat(fd, &st) == 0 && st.st_size < static_cast<off_t>(spool::kFileHeaderSize);
+        replay.lock_fd = lock_fd;
+        replay.fd = fd;
+        replay.next = 0;
+        if (!empty) {
+            set_aside("is not a spool file");
         }
-        ::close(fd);
+        stop_replay();
         return false;
     }
+    replay.lock_fd = lock_fd;
     replay.fd = fd;
-    replay.name = file.name;
     replay.next = replayed;
     replay.acknowledged = replayed;
-    replay.at_end = false;
     replay.failed = false;
     replay.generation++;
     ngx_log_error(NGX_LOG_NOTICE, spool_log, 0, "recording: spool: replaying \"%s\" from offset %uL",
-                  path.c_str(), replayed);
+                  spool_path.c_str(), replayed);
     return true;
 }
 
-// Keeps the acknowledged offset in the file, so a replay cut short
-// resumes after what Redis already has.
+// Keeps the acknowledged offset in the file's header.
 void note_acknowledged()
 {
     uint64_t before = replay.acknowledged;
@@ -309,7 +318,7 @@ void note_acknowledged()
             != static_cast<ssize_t>(offset.size()))
         {
             ngx_log_error(NGX_LOG_ERR, spool_log, ngx_errno, "recording: spool: cannot note progress in \"%s\"",
-                          replay.name.c_str());
+                          spool_path.c_str());
         }
     }
 }
@@ -336,7 +345,7 @@ public:
                 replay.failed = true;  // the rest waits for a later try
             }
             note_acknowledged();
-            schedule_resume();
+            resume_soon(0);
         }
         delete this;
     }
@@ -346,55 +355,60 @@ private:
     unsigned generation_;
 };
 
-// Reads the next record into replay.record; false at the end (or a torn or
-// damaged tail, which ends the file).
-bool read_record(spool::Record *record)
+enum class Read { record, end, damaged };
+
+// Reads the record at replay.next. A record being appended right now is
+// not there yet (the writer holds the lock): it reads as the end.
+Read read_record(spool::Record *record)
 {
     char header[spool::kRecordHeaderSize];
     ssize_t n = pread(replay.fd, header, sizeof(header), static_cast<off_t>(replay.next));
     if (n == 0) {
-        return false;
+        return Read::end;
     }
     size_t size = 0;
-    if (n != static_cast<ssize_t>(sizeof(header))
-        || spool::record_size(std::string_view(header, sizeof(header)), &size) != spool::ReadStatus::ok)
-    {
-        ngx_log_error(NGX_LOG_WARN, spool_log, 0, "recording: spool: \"%s\" ends with a damaged record at %uL",
-                      replay.name.c_str(), replay.next);
-        return false;
+    if (n != static_cast<ssize_t>(sizeof(header))) {
+        return Read::end;  // maybe being written
+    }
+    if (spool::record_size(std::string_view(header, sizeof(header)), &size) != spool::ReadStatus::ok) {
+        return Read::damaged;
     }
     replay.record.resize(size);
     n = pread(replay.fd, replay.record.data(), size, static_cast<off_t>(replay.next));
-    if (n != static_cast<ssize_t>(size) || spool::parse_record(replay.record, record) != spool::ReadStatus::ok) {
-        // A record cut short by a crash was never answered: nothing lost.
-        ngx_log_error(NGX_LOG_WARN, spool_log, 0, "recording: spool: \"%s\" ends with a damaged record at %uL",
-                      replay.name.c_str(), replay.next);
-        return false;
+    if (n != static_cast<ssize_t>(size)) {
+        return Read::end;  // maybe being written
     }
-    return true;
+    if (spool::parse_record(replay.record, record) != spool::ReadStatus::ok) {
+        return Read::damaged;
+    }
+    return Read::record;
 }
 
-// Sends records while the window has room.
-void send_more()
+// Sends records while the window has room; false if the file cannot be
+// replayed further (damaged, or records for an unknown Redis).
+bool send_more()
 {
-    if (exiting || ngx_exiting || ngx_terminate) {
-        replay.failed = true;  // a worker shutting down starts no more
-    }
-    while (!replay.at_end && !replay.failed && replay.sent.size() < kReplayWindow
+    while (!replay.failed && !stopping() && replay.sent.size() < kReplayWindow
            && replay.bytes_in_flight < kReplayWindowBytes)
     {
         spool::Record record;
-        if (!read_record(&record)) {
-            replay.at_end = true;
+        Read read = read_record(&record);
+        if (read == Read::end) {
             break;
+        }
+        if (read == Read::damaged) {
+            // Only a crash of the machine mid-append leaves this (a crash of
+            // nginx cannot cut a write short): what follows is kept aside.
+            set_aside("has a damaged record");
+            return false;
         }
         ngx_http_recording_redis_server_t *server = server_by_id(record.server);
         if (server == nullptr) {
             ngx_log_error(NGX_LOG_ALERT, spool_log, 0,
-                          "recording: spool: \"%s\" holds records for \"%*s\", which no \"recording_redis\" names",
-                          replay.name.c_str(), record.server.size(), record.server.data());
-            replay.failed = true;
-            break;
+                          "recording: spool: records for \"%*s\", which no \"recording_redis\" names",
+                          record.server.size(), record.server.data());
+            set_aside("cannot be replayed");
+            return false;
         }
         if (!server->route->available()) {
             replay.failed = true;
@@ -412,68 +426,87 @@ void send_more()
         replay.bytes_in_flight += replay.record.size();
         replay.next = end;
     }
-}
-
-// Finishes the file being replayed when nothing is in flight any more:
-// removed when Redis has every record, else left for a later try.
-bool finish_file()
-{
-    for (const Replay::Sent &sent : replay.sent) {
-        if (sent.state == Replay::State::waiting) {
-            return false;
-        }
-    }
-    std::string path = path_of(replay.name);
-    if (replay.at_end && !replay.failed && replay.sent.empty()) {
-        if (::unlink(path.c_str()) != 0) {
-            ngx_log_error(NGX_LOG_ALERT, spool_log, ngx_errno, "recording: spool: unlink(\"%s\") failed",
-                          path.c_str());
-        } else {
-            ngx_log_error(NGX_LOG_NOTICE, spool_log, 0, "recording: spool: \"%s\" replayed", path.c_str());
-        }
-    }
-    // Otherwise Redis stopped taking records: the file stays, unlocked,
-    // its header telling how far it was replayed.
-    close_replay();
     return true;
 }
 
-// Replays what the spool holds, one file at a time, oldest first.
+bool waiting_for_replies()
+{
+    for (const Replay::Sent &sent : replay.sent) {
+        if (sent.state == Replay::State::waiting) {
+            return true;
+        }
+    }
+    return false;
+}
+
+// Everything read was acknowledged: removes the file if nothing was
+// appended meanwhile. False when it cannot tell now (a writer holds it)
+// or there is more.
+bool remove_if_done()
+{
+    if (flock(replay.fd, LOCK_EX | LOCK_NB) != 0) {
+        resume_soon(kRetryFinish);
+        return false;
+    }
+    struct stat st;
+    bool done = fstat(replay.fd, &st) == 0 && static_cast<uint64_t>(st.st_size) <= replay.next;
+    if (!done) {
+        // Holding the lock, nobody is appending: a record that still reads
+        // short was cut by a crash mid-append, and never answered.
+        spool::Record record;
+        if (read_record(&record) == Read::end) {
+            ngx_log_error(NGX_LOG_WARN, spool_log, 0, "recording: spool: \"%s\" ends with a record cut short "
+                          "at offset %uL (never acknowledged), dropped", spool_path.c_str(), replay.next);
+            done = ftruncate(replay.fd, static_cast<off_t>(replay.next)) == 0;
+        }
+    }
+    if (done) {
+        if (::unlink(spool_path.c_str()) != 0) {
+            ngx_log_error(NGX_LOG_ALERT, spool_log, ngx_errno, "recording: spool: unlink(\"%s\") failed",
+                          spool_path.c_str());
+        } else {
+            ngx_log_error(NGX_LOG_NOTICE, spool_log, 0, "recording: spool: \"%s\" replayed", spool_path.c_str());
+        }
+        presence.checked = false;
+        update_gauges(0);
+    } else {
+        resume_soon(0);  // more came: go on
+    }
+    flock(replay.fd, LOCK_UN);
+    return done;
+}
+
 void pump() noexcept
 {
     try {
-        if (replay.fd != -1) {
-            send_more();
-            if (!finish_file()) {
-                return;  // replies will call again
-            }
-            if (replay.failed) {
-                return;  // Redis is failing: the next scan tries again
-            }
-        }
-        if (exiting) {
+        if (replay.fd == -1 && (stopping() || !start_replay())) {
             return;
         }
-        std::vector<SpoolFile> files = scan();
-        note_scan(files);
-        for (const SpoolFile &file : files) {
-            if (writer.fd != -1 && file.name == writer.name) {
-                if (writer.size <= static_cast<off_t>(spool::kFileHeaderSize)) {
-                    continue;  // our own, still empty
-                }
-                close_writer();  // ours: finished now, new records go to a new file
-            }
-            if (take(file)) {
-                send_more();
-                if (finish_file() && !replay.failed) {
-                    continue;  // an empty file: on to the next
-                }
-                return;
-            }
+        if (!send_more()) {
+            stop_replay();
+            resume_soon(0);  // a new file may be waiting behind
+            return;
+        }
+        if (waiting_for_replies()) {
+            return;  // each reply resumes
+        }
+        if (replay.failed || stopping()) {
+            stop_replay();  // Redis is failing: the next scan tries again
+            return;
+        }
+        if (!replay.sent.empty()) {
+            return;
+        }
+        struct stat st;
+        if (fstat(replay.fd, &st) == 0) {
+            update_gauges(st.st_size);
+        }
+        if (remove_if_done()) {
+            stop_replay();
         }
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ALERT, spool_log, 0, "recording: spool: %s", e.what());
-        close_replay();
+        stop_replay();
     }
 }
 
@@ -482,16 +515,9 @@ void on_resume(ngx_event_t *) noexcept
     pump();
 }
 
-void schedule_resume() noexcept
-{
-    if (!resume_event.posted) {
-        ngx_post_event(&resume_event, &ngx_posted_events);
-    }
-}
-
 void on_scan_timer(ngx_event_t *ev) noexcept
 {
-    if (exiting || ngx_exiting || ngx_quit || ngx_terminate) {
+    if (stopping()) {
         return;
     }
     if (replay.fd == -1) {
@@ -504,27 +530,18 @@ void on_scan_timer(ngx_event_t *ev) noexcept
 
 bool ngx_http_recording_spool_enabled() noexcept
 {
-    return conf != nullptr && conf->spool_path.len != 0;
+    return conf != nullptr;
 }
 
 bool ngx_http_recording_spool_holds_records() noexcept
 {
-    if (!ngx_http_recording_spool_enabled()) {
-        return false;
-    }
-    if (writer.fd != -1 && writer.size > static_cast<off_t>(spool::kFileHeaderSize)) {
-        return true;
-    }
-    return replay.fd != -1 || writer.seen_others > 0;
+    return conf != nullptr && spool_exists();
 }
 
 bool ngx_http_recording_spool_write(ngx_http_recording_redis_server_t *server, std::string_view key,
                                     uint32_t elements, std::string_view command) noexcept
 {
     try {
-        if (!writer.scanned || ngx_current_msec - writer.seen_at >= kScanInterval) {
-            note_scan(scan());
-        }
         spool::Record record;
         record.server = {reinterpret_cast<const char *>(server->id.data), server->id.len};
         record.key = key;
@@ -533,19 +550,29 @@ bool ngx_http_recording_spool_write(ngx_http_recording_redis_server_t *server, s
         std::string prefix = spool::record_prefix(record);
         size_t size = prefix.size() + command.size();
 
-        if (writer.seen_total + static_cast<off_t>(size) > conf->spool_max_size) {
+        std::optional<FileLock> lock;
+        off_t at = lock_for_append(lock);
+        if (at == -1) {
+            if (!writer.failing) {
+                ngx_log_error(NGX_LOG_ERR, spool_log, ngx_errno, "recording: spool: cannot write to \"%s\"",
+                              spool_path.c_str());
+            }
+            writer.failing = true;
+            ngx_http_recording_count(&ngx_http_recording_stats_t::spool_write_failures);
+            return false;
+        }
+        presence.exists = true;
+        if (at + static_cast<off_t>(size) > conf->spool_max_size) {
             if (!writer.full) {
                 ngx_log_error(NGX_LOG_ERR, spool_log, 0, "recording: spool: full (max_size=%O), refusing batches",
                               conf->spool_max_size);
-                writer.full = true;
             }
+            writer.full = true;
             ngx_http_recording_count(&ngx_http_recording_stats_t::spool_full_refusals, elements);
             return false;
         }
         writer.full = false;
-        if (writer.fd == -1 && !open_writer()) {
-            return false;
-        }
+
         iovec iov[2] = {{prefix.data(), prefix.size()}, {const_cast<char *>(command.data()), command.size()}};
         bool written = write_all(writer.fd, iov, 2, size);
         if (written && conf->spool_fsync && fdatasync(writer.fd) != 0) {
@@ -554,21 +581,22 @@ bool ngx_http_recording_spool_write(ngx_http_recording_redis_server_t *server, s
         if (!written) {
             if (!writer.failing) {
                 ngx_log_error(NGX_LOG_ERR, spool_log, ngx_errno, "recording: spool: write to \"%s\" failed",
-                              writer.name.c_str());
+                              spool_path.c_str());
             }
             writer.failing = true;
-            // Whatever part reached the file is cut off again: the next
-            // record must start where this one did.
-            if (ftruncate(writer.fd, writer.size) != 0) {
+            // Whatever part reached the file is cut off again, so the next
+            // record starts where this one did.
+            if (ftruncate(writer.fd, at) != 0) {
                 close_writer();
             }
             ngx_http_recording_count(&ngx_http_recording_stats_t::spool_write_failures);
             return false;
         }
         writer.failing = false;
-        writer.size += static_cast<off_t>(size);
-        writer.seen_total += static_cast<off_t>(size);
+        update_gauges(at + static_cast<off_t>(size));
         ngx_http_recording_count(&ngx_http_recording_stats_t::spooled_elements, elements);
+        // The replaying worker, if any, finds it; else this one starts soon.
+        resume_soon(kScanInterval);
         return true;
     } catch (const std::exception &) {
         return false;
@@ -595,13 +623,22 @@ ngx_int_t ngx_http_recording_spool_init_process(ngx_cycle_t *cycle, ngx_http_rec
     if (rmcf->spool_path.len == 0) {
         return NGX_OK;
     }
+    try {
+        std::string dir(reinterpret_cast<const char *>(rmcf->spool_path.data), rmcf->spool_path.len);
+        spool_path = dir + "/" + kSpoolName;
+        lock_path = dir + "/" + kReplayLockName;
+    } catch (const std::exception &) {
+        return NGX_ERROR;
+    }
     conf = rmcf;
     spool_log = cycle->log;
+    exiting = false;
     scan_timer.handler = on_scan_timer;
     scan_timer.log = cycle->log;
     scan_timer.cancelable = 1;  // never keeps a worker that is shutting down
-    resume_event.handler = on_resume;
-    resume_event.log = cycle->log;
+    resume_timer.handler = on_resume;
+    resume_timer.log = cycle->log;
+    resume_timer.cancelable = 1;
     // Records left by a crash or a stop are replayed soon after the start.
     ngx_add_timer(&scan_timer, 100);
     return NGX_OK;
@@ -616,9 +653,10 @@ void ngx_http_recording_spool_exit_process() noexcept
     if (scan_timer.timer_set) {
         ngx_del_timer(&scan_timer);
     }
-    if (resume_event.posted) {
-        ngx_delete_posted_event(&resume_event);
+    if (resume_timer.timer_set) {
+        ngx_del_timer(&resume_timer);
     }
     close_writer();
-    close_replay();
+    stop_replay();
+    conf = nullptr;
 }
