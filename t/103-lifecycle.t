@@ -131,7 +131,7 @@ for my $spool (0, 1) {
     kill QUIT => $master;
     ok(exited($master, 5), "$t: nginx exited");
     my $took = time - $started;
-    cmp_ok($took, '<', 0.8, "$t: at once (${took}s)");
+    cmp_ok($took, '<', 0.5, "$t: at once (${took}s)");
     stop_nginx();
 }
 
