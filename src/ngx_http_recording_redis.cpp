@@ -95,37 +95,84 @@ bool RedisClient::connect(ngx_msec_t timeout) noexcept
     // Writability tells that the non-blocking connect finished.
     add_write(this);
     ngx_add_timer(&connect_timer_, timeout);
-    log_in();
+    if (!log_in()) {
+        redisAsyncFree(ac);  // cleanup() follows
+        return false;
+    }
     return true;
 }
 
-// AUTH and SELECT go first on every connection, ahead of any command: a
-// refusal is logged, and the commands behind it then fail on their own
-// (NOAUTH), so nothing else needs to wait for these replies.
-void RedisClient::log_in() noexcept
+// AUTH and SELECT go first on every connection, ahead of any command.
+// Commands wait (held_) until both are answered: behind a refused SELECT,
+// Redis would run them in database 0. A refusal is logged once per change
+// of state and drops the connection: what waits gets no reply (503 or the
+// spool), and for kRetryInterval no new attempt is made. False when the
+// login cannot even be queued (out of memory): the connection is not used.
+bool RedisClient::log_in() noexcept
 {
+    login_replies_ = 0;
     if (login_.password.len != 0) {
+        int rc;
         if (login_.user.len != 0) {
-            redisAsyncCommand(context_, on_login_reply, nullptr, "AUTH %b %b", login_.user.data,
-                              login_.user.len, login_.password.data, login_.password.len);
+            rc = redisAsyncCommand(context_, on_login_reply, nullptr, "AUTH %b %b", login_.user.data,
+                                   login_.user.len, login_.password.data, login_.password.len);
         } else {
-            redisAsyncCommand(context_, on_login_reply, nullptr, "AUTH %b", login_.password.data,
-                              login_.password.len);
+            rc = redisAsyncCommand(context_, on_login_reply, nullptr, "AUTH %b", login_.password.data,
+                                   login_.password.len);
         }
+        if (rc != REDIS_OK) {
+            return false;
+        }
+        login_replies_++;
     }
     if (login_.db >= 0) {
-        redisAsyncCommand(context_, on_login_reply, nullptr, "SELECT %d", static_cast<int>(login_.db));
+        if (redisAsyncCommand(context_, on_login_reply, nullptr, "SELECT %lld", static_cast<long long>(login_.db))
+            != REDIS_OK)
+        {
+            return false;
+        }
+        login_replies_++;
     }
+    return true;
 }
 
 void RedisClient::on_login_reply(redisAsyncContext *ac, void *reply, void *) noexcept
 {
     auto *self = static_cast<RedisClient *>(ac->data);
     auto *r = static_cast<const redisReply *>(reply);
-    if (r != nullptr && r->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: login refused: %*s",
-                      &self->address_.name, r->len, r->str);
+    if (r == nullptr || self->login_replies_ == 0) {
+        return;  // the connection is going: cleanup() answers what is held
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        if (!self->login_refused_) {
+            ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: login refused: %*s",
+                          &self->address_.name, r->len, r->str);
+        }
+        self->login_refused_ = true;
         self->failing_ = true;
+        self->login_replies_ = 0;
+        self->mark_unreachable();
+        redisAsyncFree(ac);  // from a callback: once it returns
+        return;
+    }
+    if (--self->login_replies_ == 0) {
+        self->login_refused_ = false;
+        self->send_held();
+    }
+}
+
+// Hands the commands that waited for the login to hiredis, in order.
+void RedisClient::send_held() noexcept
+{
+    while (!held_.empty()) {
+        HeldCommand &held = held_.front();
+        if (redisAsyncFormattedCommand(context_, on_reply, held.call, held.command.data(), held.command.size())
+            != REDIS_OK)
+        {
+            redisAsyncFree(context_);  // cleanup() answers the rest
+            return;
+        }
+        held_.pop_front();
     }
 }
 
@@ -169,11 +216,17 @@ bool RedisClient::send(std::string_view command, RedisCall *call, const RedisTim
     // The slot is taken first: once hiredis has the command, nothing may fail.
     try {
         pending_.push_back(call);
+        if (login_replies_ != 0) {
+            held_.push_back({std::string(command), call});
+        }
     } catch (const std::bad_alloc &) {
+        if (!pending_.empty() && pending_.back() == call) {
+            pending_.pop_back();
+        }
         return false;
     }
-    if (redisAsyncFormattedCommand(context_, on_reply, call, command.data(), command.size())
-        != REDIS_OK)
+    if (login_replies_ == 0
+        && redisAsyncFormattedCommand(context_, on_reply, call, command.data(), command.size()) != REDIS_OK)
     {
         pending_.pop_back();
         return false;
@@ -420,5 +473,14 @@ void RedisClient::release_connection() noexcept
     connection_ = nullptr;
     context_ = nullptr;
     connected_ = false;
-    pending_.clear();  // hiredis has answered every one with a null reply
+    login_replies_ = 0;
+    pending_.clear();  // hiredis has answered every one it had with a null reply
+    // Those that waited for the login never reached hiredis: answered here,
+    // after hiredis's (they came later). A call may send again meanwhile.
+    std::deque<HeldCommand> held;
+    held.swap(held_);
+    for (HeldCommand &h : held) {
+        note_reply(nullptr);
+        h.call->on_reply(nullptr);
+    }
 }

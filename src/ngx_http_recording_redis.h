@@ -8,6 +8,7 @@
 #include "ngx_http_recording_nginx.h"
 
 #include <deque>
+#include <string>
 #include <string_view>
 
 struct redisAsyncContext;
@@ -93,7 +94,8 @@ public:
 
 private:
     bool connect(ngx_msec_t timeout) noexcept;
-    void log_in() noexcept;
+    bool log_in() noexcept;
+    void send_held() noexcept;
     void mark_unreachable() noexcept;
     void watch(ngx_event_t *ev, ngx_int_t event, bool on) noexcept;
     void release_connection() noexcept;
@@ -131,6 +133,17 @@ private:
     ngx_msec_t retry_at_ = 0;
     ngx_atomic_t *connections_;
     std::deque<RedisCall *> pending_;
+
+    // While the login (AUTH, SELECT) of a new connection is unanswered,
+    // commands wait here (and in pending_): none may run unauthenticated or
+    // in database 0 because a SELECT was refused.
+    struct HeldCommand {
+        std::string command;
+        RedisCall *call;
+    };
+    std::deque<HeldCommand> held_;
+    unsigned login_replies_ = 0;   // login replies still to come
+    bool login_refused_ = false;   // logged once per change of state
 
     ngx_event_t connect_timer_{};
     ngx_event_t reply_timer_{};

@@ -31,6 +31,8 @@ recording::MetricsSnapshot snapshot(const ngx_http_recording_stats_t &s,
     m.preflights = load(s.preflights);
     m.received_bytes = load(s.received_bytes);
     m.decoded_bytes = load(s.decoded_bytes);
+    m.pending_bytes = load(s.pending_bytes);
+    m.pending_limit_refusals = load(s.pending_limit_refusals);
     m.rpush_commands = load(s.rpush_commands);
     m.hmget_commands = load(s.hmget_commands);
     m.pushed_elements = load(s.pushed_elements);
@@ -43,6 +45,12 @@ recording::MetricsSnapshot snapshot(const ngx_http_recording_stats_t &s,
         m.push_duration[i] = load(s.push_duration[i]);
     }
     m.push_duration_sum_us = load(s.push_duration_sum_us);
+    m.spooled_elements = load(s.spooled_elements);
+    m.replayed_elements = load(s.replayed_elements);
+    m.spool_full_refusals = load(s.spool_full_refusals);
+    m.spool_write_failures = load(s.spool_write_failures);
+    m.spool_bytes = load(s.spool_bytes);
+    m.spool_files = load(s.spool_files);
     m.site_cache_hits = load(s.site_cache_hits);
     m.site_cache_misses = load(s.site_cache_misses);
     m.site_cache_entries = load(s.site_cache_entries);

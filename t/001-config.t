@@ -296,3 +296,236 @@ invalid number of arguments in "recording_status" directive
 --- must_die
 --- error_log
 "recording_status" directive cannot share a location with another content handler such as "recording_ingest"
+
+
+
+=== TEST 26: batches hold at least one element
+--- config
+    location /r {
+        recording_batch_elements 0;
+    }
+--- must_die
+--- error_log
+"recording_batch_elements" must be between 1 and 100000, not "0"
+
+
+
+=== TEST 27: a batch size cannot be zero
+--- config
+    location /r {
+        recording_batch_size 0;
+    }
+--- must_die
+--- error_log
+"recording_batch_size" must be at least 1, not "0"
+
+
+
+=== TEST 28: the pending limit has a minimum of 64k
+--- http_config
+    recording_pending_limit 1k;
+--- must_die
+--- error_log
+"recording_pending_limit" must be at least 65536, not "1k"
+
+
+
+=== TEST 29: the spool directory must exist
+--- http_config
+    recording_spool $TEST_NGINX_SERVROOT/no-such-dir;
+--- must_die
+--- error_log eval
+qr{"recording_spool" directory "[^"]*/no-such-dir" cannot be used \(2: No such file or directory\)}
+
+
+
+=== TEST 30: the spool must be a directory, not a file
+--- http_config
+    recording_spool $TEST_NGINX_SERVROOT/conf/nginx.conf;
+--- must_die
+--- error_log eval
+qr{"recording_spool" "[^"]*/conf/nginx\.conf" is not a directory}
+
+
+
+=== TEST 31: the spool's max_size must be a size
+--- http_config
+    recording_spool $TEST_NGINX_HTML_DIR max_size=abc;
+--- must_die
+--- error_log
+invalid "max_size=abc" in "recording_spool": a size of at least 1m is expected
+
+
+
+=== TEST 32: the spool's max_size is at least 1m
+--- http_config
+    recording_spool $TEST_NGINX_HTML_DIR max_size=10k;
+--- must_die
+--- error_log
+invalid "max_size=10k" in "recording_spool": a size of at least 1m is expected
+
+
+
+=== TEST 33: recording_spool knows only max_size=
+--- http_config
+    recording_spool $TEST_NGINX_HTML_DIR fsync=on;
+--- must_die
+--- error_log
+unknown parameter "fsync=on" in "recording_spool"
+
+
+
+=== TEST 34: recording_spool once
+--- http_config
+    recording_spool $TEST_NGINX_HTML_DIR;
+    recording_spool $TEST_NGINX_SERVROOT/conf;
+--- must_die
+--- error_log
+"recording_spool" directive is duplicate
+
+
+
+=== TEST 35: recording_spool is an http-level setting
+--- config
+    location /r {
+        recording_spool $TEST_NGINX_HTML_DIR;
+    }
+--- must_die
+--- error_log
+"recording_spool" directive is not allowed here
+
+
+
+=== TEST 36: recording_spool_fsync is on or off
+--- http_config
+    recording_spool_fsync maybe;
+--- must_die
+--- error_log
+invalid value "maybe" in "recording_spool_fsync" directive, it must be "on" or "off"
+
+
+
+=== TEST 37: a Redis database is a number
+--- config
+    location /r {
+        recording_redis 127.0.0.1:6379 db=abc;
+    }
+--- must_die
+--- error_log
+invalid "db=abc" in "recording_redis": a database number is expected
+
+
+
+=== TEST 38: a Redis database is not negative
+--- config
+    location /r {
+        recording_redis 127.0.0.1:6379 db=-1;
+    }
+--- must_die
+--- error_log
+invalid "db=-1" in "recording_redis": a database number is expected
+
+
+
+=== TEST 39: a Redis user needs a password
+--- config
+    location /r {
+        recording_redis 127.0.0.1:6379 user=u;
+    }
+--- must_die
+--- error_log
+"user=" in "recording_redis" needs "password="
+
+
+
+=== TEST 40: an empty Redis password
+--- config
+    location /r {
+        recording_redis 127.0.0.1:6379 password=;
+    }
+--- must_die
+--- error_log
+empty "password=" in "recording_redis"
+
+
+
+=== TEST 41: two Redis addresses are a cluster's seeds only
+--- config
+    location /r {
+        recording_redis 127.0.0.1:6379 127.0.0.1:6380;
+    }
+--- must_die
+--- error_log
+"recording_redis" takes several addresses only as a cluster's seeds (add "cluster")
+
+
+
+=== TEST 42: an unknown recording_redis parameter
+--- config
+    location /r {
+        recording_redis 127.0.0.1:6379 foo=1;
+    }
+--- must_die
+--- error_log
+unknown parameter "foo=1" in "recording_redis"
+
+
+
+=== TEST 43: recording_redis needs an address
+--- config
+    location /r {
+        recording_redis password=x;
+    }
+--- must_die
+--- error_log
+"recording_redis" needs an address
+
+
+
+=== TEST 44: a cluster with db= is refused
+As long as "cluster" itself is refused, that is the message; once clusters
+are supported, db= with them must still be (a cluster has database 0 only).
+--- config
+    location /r {
+        recording_redis 127.0.0.1:6379 127.0.0.1:6380 cluster db=1;
+    }
+--- must_die
+--- error_log eval
+qr{"cluster" in "recording_redis" is not supported yet|"db=" cannot be used with "cluster" in "recording_redis"}
+
+
+
+=== TEST 45: the password never shows in the error log
+--- config
+    location /r {
+        recording_redis 127.0.0.1:99999 password=s3cret-word;
+    }
+--- must_die
+--- error_log
+invalid port in "recording_redis" address "127.0.0.1:99999"
+--- no_error_log
+s3cret-word
+
+
+
+=== TEST 46: accepted forms of the new directives
+password=, user= and db= together; the bounds' own values.
+--- http_config
+    recording_pending_limit 64k;
+    recording_spool_fsync off;
+--- config
+    location = /s {
+        recording_status;
+    }
+    location /r {
+        recording_ingest;
+        recording_site_id 1;
+        recording_redis 127.0.0.1:6379 password=x user=u db=2;
+        recording_batch_elements 100000;
+        recording_batch_size 1;
+        recording_batch_delay 0;
+    }
+--- request
+GET /s
+--- error_code: 200
+--- response_body_like: "127\.0\.0\.1:6379":\{"connections":0\}

@@ -145,6 +145,8 @@ std::string render_json(const MetricsSnapshot& m)
         root.number("preflights", m.preflights);
         root.number("received_bytes", m.received_bytes);
         root.number("decoded_bytes", m.decoded_bytes);
+        root.number("pending_bytes", m.pending_bytes);
+        root.number("pending_limit_refusals", m.pending_limit_refusals);
         {
             JsonObject redis(root.key("redis"));
             {
@@ -182,6 +184,15 @@ std::string render_json(const MetricsSnapshot& m)
             }
         }
         {
+            JsonObject spool(root.key("spool"));
+            spool.number("spooled_elements", m.spooled_elements);
+            spool.number("replayed_elements", m.replayed_elements);
+            spool.number("full_refusals", m.spool_full_refusals);
+            spool.number("write_failures", m.spool_write_failures);
+            spool.number("bytes", m.spool_bytes);
+            spool.number("files", m.spool_files);
+        }
+        {
             JsonObject cache(root.key("site_cache"));
             cache.number("hits", m.site_cache_hits);
             cache.number("misses", m.site_cache_misses);
@@ -206,6 +217,11 @@ std::string render_prometheus(const MetricsSnapshot& m)
     single(out, "received_bytes_total", "counter", "Request body bytes received, before decoding.",
            m.received_bytes);
     single(out, "decoded_bytes_total", "counter", "Request body bytes after decoding.", m.decoded_bytes);
+    single(out, "pending_bytes", "gauge",
+           "Bytes the workers hold for Redis now: gathered into RPUSH commands or in flight.", m.pending_bytes);
+    single(out, "pending_limit_refusals_total", "counter",
+           "Batches refused because their worker held recording_pending_limit already.",
+           m.pending_limit_refusals);
 
     family(out, "redis_commands_total", "counter", "Commands sent to Redis.");
     sample(out, "redis_commands_total", label("command", "rpush"), m.rpush_commands);
@@ -233,6 +249,17 @@ std::string render_prometheus(const MetricsSnapshot& m)
     }
     sample(out, "redis_push_duration_seconds_sum", "", seconds(m.push_duration_sum_us));
     sample(out, "redis_push_duration_seconds_count", "", push_count(m));
+
+    single(out, "spool_spooled_elements_total", "counter", "Queue elements written to the spool.",
+           m.spooled_elements);
+    single(out, "spool_replayed_elements_total", "counter",
+           "Queue elements replayed from the spool and acknowledged by Redis.", m.replayed_elements);
+    single(out, "spool_full_refusals_total", "counter",
+           "Queue elements the spool refused because it had reached its max_size.", m.spool_full_refusals);
+    single(out, "spool_write_failures_total", "counter", "Writes to the spool that failed.",
+           m.spool_write_failures);
+    single(out, "spool_bytes", "gauge", "Size of the spool's files, as last seen by a worker.", m.spool_bytes);
+    single(out, "spool_files", "gauge", "Files in the spool, as last seen by a worker.", m.spool_files);
 
     single(out, "site_cache_hits_total", "counter", "Batches whose site settings came from the shared cache.",
            m.site_cache_hits);

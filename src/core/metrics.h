@@ -39,6 +39,10 @@ struct MetricsSnapshot {
     uint64_t received_bytes = 0;
     uint64_t decoded_bytes = 0;
 
+    // Memory bound (recording_pending_limit).
+    uint64_t pending_bytes = 0;           // held for Redis by the workers now
+    uint64_t pending_limit_refusals = 0;  // batches refused: the bound was reached
+
     uint64_t rpush_commands = 0;
     uint64_t hmget_commands = 0;
     uint64_t pushed_elements = 0;
@@ -50,6 +54,14 @@ struct MetricsSnapshot {
     std::array<uint64_t, kPushDurationBuckets> push_duration{};  // per bucket
     uint64_t push_duration_sum_us = 0;
     std::vector<ServerMetrics> servers;
+
+    // The disk spool (recording_spool).
+    uint64_t spooled_elements = 0;      // written to the spool
+    uint64_t replayed_elements = 0;     // replayed from it, acknowledged by Redis
+    uint64_t spool_full_refusals = 0;   // elements refused: the spool was full
+    uint64_t spool_write_failures = 0;  // writes to the spool that failed
+    uint64_t spool_bytes = 0;           // the spool's size, as last seen by a worker
+    uint64_t spool_files = 0;           // its files, as last seen by a worker
 
     uint64_t site_cache_hits = 0;
     uint64_t site_cache_misses = 0;

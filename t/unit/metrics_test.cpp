@@ -19,6 +19,8 @@ MetricsSnapshot sample_snapshot()
     m.preflights = 3;
     m.received_bytes = 1000;
     m.decoded_bytes = 4000;
+    m.pending_bytes = 70000;
+    m.pending_limit_refusals = 7;
     m.rpush_commands = 6;
     m.hmget_commands = 1;
     m.pushed_elements = 5;
@@ -33,6 +35,12 @@ MetricsSnapshot sample_snapshot()
     m.push_duration_sum_us = 4 * 300 + 1500 + 9000000;
     m.servers.push_back({"127.0.0.1:6379", 2});
     m.servers.push_back({"unix:/run/\"odd\"\\name", 0});
+    m.spooled_elements = 11;
+    m.replayed_elements = 8;
+    m.spool_full_refusals = 3;
+    m.spool_write_failures = 2;
+    m.spool_bytes = 123456;
+    m.spool_files = 4;
     m.site_cache_hits = 4;
     m.site_cache_misses = 1;
     m.site_cache_entries = 1;
@@ -77,6 +85,8 @@ TEST(RenderJson, IsValidJsonWithEveryFigure)
     EXPECT_EQ(doc["preflights"].GetUint64(), 3u);
     EXPECT_EQ(doc["received_bytes"].GetUint64(), 1000u);
     EXPECT_EQ(doc["decoded_bytes"].GetUint64(), 4000u);
+    EXPECT_EQ(doc["pending_bytes"].GetUint64(), 70000u);
+    EXPECT_EQ(doc["pending_limit_refusals"].GetUint64(), 7u);
 
     const auto& redis = doc["redis"];
     EXPECT_EQ(redis["commands"]["rpush"].GetUint64(), 6u);
@@ -98,9 +108,33 @@ TEST(RenderJson, IsValidJsonWithEveryFigure)
     EXPECT_EQ(histogram["count"].GetUint64(), 6u);
     EXPECT_DOUBLE_EQ(histogram["sum"].GetDouble(), 9.0027);
 
+    const auto& spool = doc["spool"];
+    EXPECT_EQ(spool.MemberCount(), 6u);
+    EXPECT_EQ(spool["spooled_elements"].GetUint64(), 11u);
+    EXPECT_EQ(spool["replayed_elements"].GetUint64(), 8u);
+    EXPECT_EQ(spool["full_refusals"].GetUint64(), 3u);
+    EXPECT_EQ(spool["write_failures"].GetUint64(), 2u);
+    EXPECT_EQ(spool["bytes"].GetUint64(), 123456u);
+    EXPECT_EQ(spool["files"].GetUint64(), 4u);
+
     EXPECT_EQ(doc["site_cache"]["hits"].GetUint64(), 4u);
     EXPECT_EQ(doc["site_cache"]["misses"].GetUint64(), 1u);
     EXPECT_EQ(doc["site_cache"]["entries"].GetUint64(), 1u);
+}
+
+TEST(RenderJson, AnIdleServerShowsZeroPendingAndAnEmptySpool)
+{
+    rapidjson::Document doc;
+    std::string json = render_json(MetricsSnapshot{});
+    ASSERT_FALSE(doc.Parse(json.c_str()).HasParseError()) << json;
+    EXPECT_EQ(doc["pending_bytes"].GetUint64(), 0u);
+    EXPECT_EQ(doc["pending_limit_refusals"].GetUint64(), 0u);
+    ASSERT_TRUE(doc["spool"].IsObject());
+    for (const char* name : {"spooled_elements", "replayed_elements", "full_refusals", "write_failures", "bytes",
+                             "files"}) {
+        ASSERT_TRUE(doc["spool"].HasMember(name)) << name;
+        EXPECT_EQ(doc["spool"][name].GetUint64(), 0u) << name;
+    }
 }
 
 TEST(RenderPrometheus, SamplesHaveTheirValues)
@@ -124,6 +158,35 @@ TEST(RenderPrometheus, SamplesHaveTheirValues)
     EXPECT_EQ(prometheus_value(text, "nginx_recording_redis_push_duration_seconds_sum"), "9.002700");
     EXPECT_EQ(prometheus_value(text, "nginx_recording_redis_push_duration_seconds_count"), "6");
     EXPECT_EQ(prometheus_value(text, "nginx_recording_site_cache_entries"), "1");
+    EXPECT_EQ(prometheus_value(text, "nginx_recording_pending_bytes"), "70000");
+    EXPECT_EQ(prometheus_value(text, "nginx_recording_pending_limit_refusals_total"), "7");
+    EXPECT_EQ(prometheus_value(text, "nginx_recording_spool_spooled_elements_total"), "11");
+    EXPECT_EQ(prometheus_value(text, "nginx_recording_spool_replayed_elements_total"), "8");
+    EXPECT_EQ(prometheus_value(text, "nginx_recording_spool_full_refusals_total"), "3");
+    EXPECT_EQ(prometheus_value(text, "nginx_recording_spool_write_failures_total"), "2");
+    EXPECT_EQ(prometheus_value(text, "nginx_recording_spool_bytes"), "123456");
+    EXPECT_EQ(prometheus_value(text, "nginx_recording_spool_files"), "4");
+}
+
+// The type each family of the memory bound and the spool is declared with:
+// levels are gauges, events counters.
+TEST(RenderPrometheus, PendingAndSpoolFamiliesHaveTheirTypes)
+{
+    std::string text = render_prometheus(sample_snapshot());
+    for (const char* gauge : {"pending_bytes", "spool_bytes", "spool_files"}) {
+        std::string type = std::string("# TYPE nginx_recording_") + gauge + " gauge\n";
+        EXPECT_NE(text.find(type), std::string::npos) << gauge;
+        std::string help = std::string("# HELP nginx_recording_") + gauge + " ";
+        EXPECT_NE(text.find(help), std::string::npos) << gauge;
+    }
+    for (const char* counter : {"pending_limit_refusals_total", "spool_spooled_elements_total",
+                                "spool_replayed_elements_total", "spool_full_refusals_total",
+                                "spool_write_failures_total"}) {
+        std::string type = std::string("# TYPE nginx_recording_") + counter + " counter\n";
+        EXPECT_NE(text.find(type), std::string::npos) << counter;
+        std::string help = std::string("# HELP nginx_recording_") + counter + " ";
+        EXPECT_NE(text.find(help), std::string::npos) << counter;
+    }
 }
 
 TEST(RenderPrometheus, EveryFamilyIsTypedAndCountersEndInTotal)
@@ -146,7 +209,7 @@ TEST(RenderPrometheus, EveryFamilyIsTypedAndCountersEndInTotal)
             EXPECT_TRUE(type == "gauge" || type == "histogram") << line;
         }
     }
-    EXPECT_EQ(families, 15);
+    EXPECT_EQ(families, 23);
 }
 
 TEST(WantsPrometheus, ByArgumentOrAccept)
