@@ -425,8 +425,9 @@ void look_up_site(RequestState &state)
     auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
         ngx_http_get_module_main_conf(state.request, ngx_http_recording_module));
 
-    // Settings are a server's: two locations may read sites from two Redis.
-    std::string key(view(conf->redis->name));
+    // Settings are a server's: two locations may read sites from two Redis,
+    // or two databases of one (the id has db= and user=, not the password).
+    std::string key(view(conf->redis->id));
     key += '/';
     key.append(state.site_id);
 

@@ -640,6 +640,12 @@ ngx_http_module_t module_ctx = {
 
 }  // namespace
 
+ngx_connection_t ngx_http_recording_no_connection = [] {
+    ngx_connection_t c{};
+    c.fd = static_cast<ngx_socket_t>(-1);
+    return c;
+}();
+
 size_t ngx_http_recording_pending_limit() noexcept
 {
     return running_conf != nullptr ? running_conf->pending_limit : kDefaultPendingLimit;

@@ -76,6 +76,11 @@ ngx_int_t ngx_http_recording_add_variables(ngx_conf_t *cf) noexcept;
 void ngx_http_recording_pushed(ngx_http_recording_waiter_t *waiter,
     recording::Outcome outcome, uint64_t redis_time_us) noexcept;
 
+// What the module's own timers point their `data` at when they belong to no
+// connection: nginx's debug logging of timers reads a connection's fd
+// through every timer's `data` (ngx_event_ident), so it must not be null.
+extern ngx_connection_t ngx_http_recording_no_connection;
+
 // `recording_pending_limit` of the running configuration.
 size_t ngx_http_recording_pending_limit() noexcept;
 

@@ -214,6 +214,7 @@ void post_flush() noexcept
 {
     if (!flush_event_ready) {
         flush_event.handler = on_flush;
+        flush_event.data = &ngx_http_recording_no_connection;
         flush_event.log = ngx_cycle->log;
         flush_event_ready = true;
     }
@@ -260,6 +261,8 @@ bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::str
             }
         }
 
+        // Every allocation first: once the element is in, nothing may fail.
+        sealed.reserve(sealed.size() + 1);
         Slot &slot = slot_for(conf, key);
         if (slot.batch == nullptr) {
             slot.batch = new_batch(conf->redis, key, {conf->redis_connect_timeout, conf->redis_read_timeout});

@@ -558,7 +558,7 @@ bool ngx_http_recording_spool_write(ngx_http_recording_redis_server_t *server, s
                               spool_path.c_str());
             }
             writer.failing = true;
-            ngx_http_recording_count(&ngx_http_recording_stats_t::spool_write_failures);
+            ngx_http_recording_count(&ngx_http_recording_stats_t::spool_write_failures, elements);
             return false;
         }
         presence.exists = true;
@@ -589,7 +589,7 @@ bool ngx_http_recording_spool_write(ngx_http_recording_redis_server_t *server, s
             if (ftruncate(writer.fd, at) != 0) {
                 close_writer();
             }
-            ngx_http_recording_count(&ngx_http_recording_stats_t::spool_write_failures);
+            ngx_http_recording_count(&ngx_http_recording_stats_t::spool_write_failures, elements);
             return false;
         }
         writer.failing = false;
@@ -634,9 +634,11 @@ ngx_int_t ngx_http_recording_spool_init_process(ngx_cycle_t *cycle, ngx_http_rec
     spool_log = cycle->log;
     exiting = false;
     scan_timer.handler = on_scan_timer;
+    scan_timer.data = &ngx_http_recording_no_connection;
     scan_timer.log = cycle->log;
     scan_timer.cancelable = 1;  // never keeps a worker that is shutting down
     resume_timer.handler = on_resume;
+    resume_timer.data = &ngx_http_recording_no_connection;
     resume_timer.log = cycle->log;
     resume_timer.cancelable = 1;
     // Records left by a crash or a stop are replayed soon after the start.

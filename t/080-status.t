@@ -941,19 +941,13 @@ X
 HTTP
         location = /status { recording_status; }
 CONF
-    # Known bug in src/ngx_http_recording_spool.cpp: its scan timer has no
-    # `data`, and nginx's debug logging of timers reads the connection it
-    # points to (ngx_event_ident): with `error_log ... debug`, as in every
-    # test here, each worker dies on SIGSEGV as it starts. Remove this TODO
-    # (prove says "TODO passed") once the timer has data.
+    # The spool's timers have `data`: nginx's debug logging of timers reads
+    # a connection through it (ngx_event_ident), and every test here logs
+    # at debug level.
     select undef, undef, undef, 0.5;
     my $crashing = grep { /exited on signal/ } crash_lines();
-    {
-        our $TODO;
-        local $TODO = 'known bug: the spool scan timer has no data (ngx_event_ident in debug logging)';
-        ok(!$crashing, "$t: workers stay up with recording_spool and a debug error_log")
-            or diag(join "\n", (crash_lines())[0 .. 1]);
-    }
+    ok(!$crashing, "$t: workers stay up with recording_spool and a debug error_log")
+        or diag(join "\n", (crash_lines())[0 .. 1]);
     SKIP: {
         skip "$t: the workers die at start", 25 if $crashing;
         my $post = sub { http_request(method => 'POST', uri => site_uri(1), body => $_[0], timeout => 5) };

@@ -278,12 +278,9 @@ sub redis_lines {
 
 {
     my $t = 'site cache per database';
-    our $TODO;
-    # Known bug (src/ngx_http_recording_handler.cpp): the site cache's key is
-    # the server's addresses and the site, without db=, so a location on
-    # database 0 uses what a location on database 3 read (and vice versa).
-    # Last here: the batches it lets through land where they should not.
-    local $TODO = 'known bug: the site cache key leaves out db=';
+    # The site cache's key is the server's id (addresses, db=, user=) and
+    # the site: a location on database 0 never uses what one on database 3
+    # read.
     is(post('good', 3, 'good-site3'), '404 {"error":"unknown_site"}',
        "$t: site 3 through database 0, which lacks it: 404, whatever database 3 said");
     is(post('db3', 1, 'db3-site1'), '404 {"error":"unknown_site"}',
