@@ -296,3 +296,61 @@ invalid number of arguments in "recording_status" directive
 --- must_die
 --- error_log
 "recording_status" directive cannot share a location with another content handler such as "recording_ingest"
+
+
+
+=== TEST 26: several Redis addresses only with "cluster"
+--- config
+    location /r {
+        recording_ingest;
+        recording_site_id 1;
+        recording_redis 127.0.0.1:7000 127.0.0.1:7001;
+    }
+--- must_die
+--- error_log
+"recording_redis" takes several addresses only as a cluster's seeds (add "cluster")
+
+
+
+=== TEST 27: a cluster has no database to select
+--- config
+    location /r {
+        recording_ingest;
+        recording_site_id 1;
+        recording_redis 127.0.0.1:7000 cluster db=2;
+    }
+--- must_die
+--- error_log
+"db=" cannot be used with "cluster" in "recording_redis": a cluster has database 0 only
+
+
+
+=== TEST 28: a cluster's seeds are not unix sockets
+--- config
+    location /r {
+        recording_ingest;
+        recording_site_id 1;
+        recording_redis 127.0.0.1:7000 unix:/run/redis.sock cluster;
+    }
+--- must_die
+--- error_log
+"unix:/run/redis.sock" in "recording_redis": a cluster's seeds are host:port, not unix sockets
+
+
+
+=== TEST 29: a cluster's seeds, with a password, are accepted; nothing connects until a batch comes
+--- config
+    location /r {
+        recording_ingest;
+        recording_site_id 1;
+        recording_redis 127.0.0.1:7000 localhost:7001 cluster password=secret;
+    }
+    location /t {
+        return 200 "up";
+    }
+--- request
+GET /t
+--- error_code: 200
+--- response_body: up
+--- no_error_log
+recording: redis
