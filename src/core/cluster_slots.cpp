@@ -88,14 +88,16 @@ std::string NodeAddress::name() const
     return out;
 }
 
-bool is_ip_literal(std::string_view host)
+bool is_ip_literal(std::string_view host) noexcept
 {
     if (host.empty() || host.size() >= INET6_ADDRSTRLEN || host.find('\0') != std::string_view::npos) {
         return false;
     }
-    std::string text(host);  // inet_pton wants a C string
+    char text[INET6_ADDRSTRLEN];  // inet_pton wants a C string
+    host.copy(text, host.size());
+    text[host.size()] = '\0';
     unsigned char buf[sizeof(struct in6_addr)];
-    return inet_pton(AF_INET, text.c_str(), buf) == 1 || inet_pton(AF_INET6, text.c_str(), buf) == 1;
+    return inet_pton(AF_INET, text, buf) == 1 || inet_pton(AF_INET6, text, buf) == 1;
 }
 
 ClusterReplyKind classify_cluster_error(std::string_view error) noexcept

@@ -39,7 +39,7 @@ struct NodeAddress {
 
 // An IPv4 or IPv6 address in numeric form: what a worker can connect to
 // without a name lookup.
-bool is_ip_literal(std::string_view host);
+bool is_ip_literal(std::string_view host) noexcept;
 
 // What an error reply from a cluster node asks of the client.
 enum class ClusterReplyKind {
