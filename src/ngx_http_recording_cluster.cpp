@@ -213,7 +213,7 @@ private:
     // Until a command that waited (for a map, or to be retried) is answered:
     bool cluster_trouble_ = false;  // TRYAGAIN or CLUSTERDOWN answered
     bool wait_trouble_ = false;     // commands found no master in time
-    bool redirect_trouble_ = false; // a redirection could not be followed, until one is
+    bool redirect_trouble_ = false; // a redirection could not be followed, until a redirected command succeeds
     size_t skipped_logged_ = 0;
 
     ngx_event_t refresh_timer_{};
@@ -414,12 +414,16 @@ void ClusterRoute::answer(ClusterCommand *cmd, const redisReply *reply) noexcept
     in_flight_--;
     RedisCall *caller = cmd->caller;
     bool waited = cmd->waited;
+    bool ok = reply != nullptr && reply->type != REDIS_REPLY_ERROR;
+    if (ok && cmd->redirects != 0) {
+        redirect_trouble_ = false;
+    }
     if (cmd->asking_pending) {
         cmd->answered = true;
     } else {
         delete cmd;
     }
-    if (waited && reply != nullptr && reply->type != REDIS_REPLY_ERROR && (cluster_trouble_ || wait_trouble_)) {
+    if (ok && waited && (cluster_trouble_ || wait_trouble_)) {
         ngx_log_error(NGX_LOG_NOTICE, log_, 0, "recording: redis cluster %V: serving again", &server_->name);
         cluster_trouble_ = false;
         wait_trouble_ = false;
@@ -500,7 +504,6 @@ void ClusterRoute::follow(ClusterCommand *cmd, Node *from, std::string_view erro
         answer(cmd, reply);
         return;
     }
-    redirect_trouble_ = false;
 
     Node *to = node(address);
     if (to == nullptr) {

@@ -9,8 +9,9 @@
 #      then its master answering CLUSTERDOWN for a while;
 #   3. failover mid-load: a master killed (SIGKILL) while several clients
 #      post, its replica promoted at once (CLUSTER FAILOVER TAKEOVER);
-#   4. the same with the cluster's own failover (node timeout 1000 ms),
-#      through CLUSTERDOWN.
+#   4. the same with the cluster's own failover (node timeout 1000 ms);
+#   5. a fake node: a redirection loop, masters named by host name, and
+#      seeds that refuse or never answer.
 # The invariant of every fault test: every batch answered 202 is in the
 # cluster afterwards (found by session_id and seq); duplicates are counted
 # and reported. Load is bounded in count and time.
@@ -22,6 +23,8 @@ use Test::Nginx::Recording;
 use Test::Nginx::RedisCluster;
 use Compress::Zlib ();
 use File::Temp ();
+use IO::Select ();
+use IO::Socket::INET ();
 use JSON::PP ();
 use POSIX ();
 use Time::HiRes qw(time sleep);
@@ -32,6 +35,7 @@ plan('no_plan');
 
 $SIG{PIPE} = 'IGNORE';
 my $STARTED = time;
+my $SLOW = use_valgrind() ? 10 : 1;   # upper bounds on durations
 my $JSON = JSON::PP->new;
 
 my $c = Test::Nginx::RedisCluster->start(masters => 3, replicas => 1, node_timeout => 1000);
@@ -408,6 +412,157 @@ failover_scenario(
 {
     my ($victim) = grep { $c->replica_of($_) } $c->masters;
     failover_scenario(name => 'failover (automatic)', prefix => 'fo2', victim => $victim);
+}
+
+# ---------------------------------------------------------------------------
+# 5. What a real cluster does not do on demand: a fake node.
+# ---------------------------------------------------------------------------
+
+sub parse_resp_commands {
+    my ($buf) = @_;
+    my @cmds;
+    while ($$buf =~ /\A\*(\d+)\r\n/) {
+        my ($n, $pos, @args) = ($1, length $&);
+        for (1 .. $n) {
+            last unless substr($$buf, $pos) =~ /\A\$(\d+)\r\n/;
+            my $len = $1;
+            last if length($$buf) < $pos + length($&) + $len + 2;
+            push @args, substr($$buf, $pos + length($&), $len);
+            $pos += length($&) + $len + 2;
+        }
+        last unless @args == $n;
+        substr($$buf, 0, $pos) = '';
+        push @cmds, \@args;
+    }
+    return @cmds;
+}
+
+sub resp_node { my ($host, $port) = @_; return "*3\r\n\$" . length($host) . "\r\n$host\r\n:$port\r\n\$2\r\nid\r\n" }
+
+# A node answering CLUSTER SLOTS with $o{slots}->($port) (RESP), RPUSH with
+# $o{rpush}->($port), HMGET with an enabled site, anything else +OK; the
+# names of the commands it got go to $dir/<port>.
+my $FAKE_DIR = File::Temp::tempdir(CLEANUP => 1);
+sub start_fake_node {
+    my (%o) = @_;
+    return start_server(sub {
+        my ($listener, $alive) = @_;
+        my $port = $listener->sockport;
+        open my $log, '>>', "$FAKE_DIR/$port" or POSIX::_exit(1);
+        $log->autoflush(1);
+        my $sel = IO::Select->new($listener);
+        my %buf;
+        while ($alive->()) {
+            for my $fh ($sel->can_read(0.05)) {
+                if ($fh == $listener) {
+                    my $s = $listener->accept or next;
+                    $sel->add($s);
+                    $buf{ fileno $s } = '';
+                    next;
+                }
+                my $n = sysread($fh, $buf{ fileno $fh }, 65536, length $buf{ fileno $fh });
+                if (!$n) {
+                    $sel->remove($fh);
+                    delete $buf{ fileno $fh };
+                    close $fh;
+                    next;
+                }
+                for my $cmd (parse_resp_commands(\$buf{ fileno $fh })) {
+                    my $name = uc $cmd->[0];
+                    print {$log} "$name\n";
+                    syswrite($fh, $name eq 'CLUSTER' ? $o{slots}->($port)
+                                : $name eq 'RPUSH'   ? $o{rpush}->($port)
+                                : $name eq 'HMGET'   ? "*2\r\n\$1\r\n1\r\n\$1\r\n1\r\n"
+                                :                      "+OK\r\n");
+                }
+            }
+        }
+    });
+}
+
+sub commands_to { my ($port) = @_; open my $fh, '<', "$FAKE_DIR/$port" or return (); return map { chomp; $_ } <$fh> }
+
+sub start_nginx_on_fake {
+    my ($seeds, $timeout) = @_;
+    $timeout //= '300ms';
+    start_nginx(no_default_redis => 1, config => ingest_location(<<"CONF"));
+            recording_redis $seeds cluster;
+            recording_redis_connect_timeout $timeout;
+            recording_redis_read_timeout $timeout;
+CONF
+}
+
+{
+    my $t = 'redirection loop';
+    my ($port, $pid) = start_fake_node(
+        slots => sub { "*1\r\n*3\r\n:0\r\n:16383\r\n" . resp_node('127.0.0.1', $_[0]) },
+        rpush => sub { "-MOVED 8135 127.0.0.1:$_[0]\r\n" });
+    start_nginx_on_fake("127.0.0.1:$port");
+    is(post_batch(1, 'loop', 0), 503, "$t: a node that keeps answering MOVED to itself: 503");
+    is(scalar(grep { $_ eq 'RPUSH' } commands_to($port)), 6, "$t: the batch was sent once and redirected 5 times");
+    is(count_matches(error_log_text(), qr/recording: redis cluster \S+: too many redirections: MOVED 8135/), 1,
+       "$t: logged once");
+    is(post_batch(1, 'loop', 1), 503, "$t: the next batch too");
+    is(count_matches(error_log_text(), qr/too many redirections/), 1, "$t: still logged once");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+    stop_child($pid);
+}
+
+{
+    my $t = 'host names';
+    my ($port, $pid) = start_fake_node(
+        slots => sub { "*2\r\n*3\r\n:0\r\n:8191\r\n" . resp_node('127.0.0.1', $_[0])
+                     . "*3\r\n:8192\r\n:16383\r\n" . resp_node('redis-2.invalid', $_[0]) },
+        rpush => sub { ":1\r\n" });
+    start_nginx_on_fake("127.0.0.1:$port");
+    # recording:site:1 (slot 4160) and recording:queue:0 (8135): served.
+    is(post_batch(1, 'names', 0), 202, "$t: a batch whose keys are in the ranges of an IP address: 202");
+    like(error_log_text(), qr/\[warn\].*recording: redis cluster \S+: 1 slot ranges skipped: their masters are named by host name \("redis-2\.invalid"\)/,
+         "$t: the range of a host name is skipped, with a warning");
+    # recording:site:42 (slot 10845): no master.
+    my $t0 = time;
+    is(post_batch(42, 'names', 1), 503, "$t: a site whose settings key is in a skipped range: 503");
+    my $took = time - $t0;
+    cmp_ok($took, '<', 2 * $SLOW, sprintf "$t: within the timeouts (%.2fs)", $took);
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+    stop_child($pid);
+
+    ($port, $pid) = start_fake_node(
+        slots => sub { "*1\r\n*3\r\n:0\r\n:16383\r\n" . resp_node('redis-1.invalid', $_[0]) },
+        rpush => sub { ":1\r\n" });
+    start_nginx_on_fake("127.0.0.1:$port");
+    is(post_batch(1, 'names', 2), 503, "$t: only host names: 503");
+    like(error_log_text(), qr/no slot map from 127\.0\.0\.1:$port: every master is named by a host name/,
+         "$t: and why");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+    stop_child($pid);
+}
+
+{
+    my $t = 'no seed answers';
+    my @closed = map { IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 1) } 1 .. 2;
+    my @ports = map { $_->sockport } @closed;
+    close $_ for @closed;
+    my ($silent, $pid) = start_silent_server();
+    start_nginx_on_fake(join(' ', (map { "127.0.0.1:$_" } @ports), "127.0.0.1:$silent"), '1s');
+    my $t0 = time;
+    is(post_batch(1, 'none', 0), 503, "$t: seeds refusing and one never answering: 503");
+    my $took = time - $t0;
+    cmp_ok($took, '>=', 0.9, sprintf "$t: after the silent one's read timeout, 1s (%.2fs)", $took);
+    cmp_ok($took, '<', 3 * $SLOW, "$t: and not much later");
+    $t0 = time;
+    is(post_batch(1, 'none', 1), 503, "$t: the next batch too");
+    $took = time - $t0;
+    cmp_ok($took, '<', 0.5 * $SLOW, sprintf "$t: at once, while the silent seed is known not to answer (%.2fs)", $took);
+    like(error_log_text(), qr/\[error\].*recording: redis cluster \S+ \S+ \S+: no node gave the slot map/,
+         "$t: logged");
+    is(count_matches(error_log_text(), qr/no node gave the slot map/), 1, "$t: once");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+    stop_child($pid);
 }
 
 my $took = time - $STARTED;
