@@ -77,6 +77,7 @@ struct Node {
     std::unique_ptr<RedisClient> client;
     bool seed = false;
     bool failed = false;    // its last command got no reply: asked for the map last
+    bool map_refused = false;  // its last answer to CLUSTER SLOTS was unusable (logged)
 };
 
 class ClusterRoute;
@@ -834,17 +835,19 @@ void ClusterRoute::on_slots_reply(const redisReply *reply) noexcept
         error.clear();
     }
     if (!ok) {
-        if (reply != nullptr) {  // else the node's client logged why
+        if (reply == nullptr) {
+            from->failed = true;  // its client logged why
+        } else if (!from->map_refused) {
             ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis cluster %V: no slot map from %V: %s",
                           &server_->name, &from->redis_address.name,
                           error.empty() ? "out of memory" : error.c_str());
-        } else {
-            from->failed = true;
+            from->map_refused = true;
         }
         try_next_candidate();
         return;
     }
     from->failed = false;
+    from->map_refused = false;
     apply(*table, from, skipped, skipped_name);
     fetching_ = false;
     dispatch_waiting();
