@@ -159,6 +159,13 @@ my @SITES = map { $site_on{$_} } sort keys %site_on;
          "$t: the slot map was read and logged");
     unlike($log, qr/recording: redis cluster .*: (?:MOVED|ASK) slot/, "$t: no redirection was needed");
     unlike($log, qr/recording: redis \S+: error reply/, "$t: no error reply");
+
+    # A reload: the old workers' routes go (exit_process), the new workers
+    # read the map for themselves.
+    ok(reload_nginx(), "$t: nginx reloads");
+    is(post_batch($SITES[0], 'after-reload', 0), 202, "$t: a batch after the reload: 202");
+    ok($c->cmd(LRANGE => queue_for($SITES[0], 'after-reload', $SHARDS), -1, -1)->[0] =~ /"session_id":"after-reload"/,
+       "$t: it is in the cluster");
     no_crash($t);
     ok(stop_nginx(), "$t: nginx stops gracefully");
 }
