@@ -3,10 +3,15 @@
 //
 // The slot map (which master owns each of the 16384 hash slots) is read
 // with CLUSTER SLOTS: on the first command, after a MOVED, and after a node
-// failed to answer; from the known masters first, then the seeds. Commands
-// that come while no map is known wait for it (bounded in number, bytes and
-// time). Each command goes to the owner of its key's slot over that node's
-// RedisClient, which pipelines everything this worker sends to that node.
+// failed to answer (at most every kMinRefreshInterval); from the known
+// masters first, then the seeds, then nodes that failed. Each command goes
+// to the owner of its key's slot over that node's RedisClient, which
+// pipelines everything this worker sends to that node.
+//
+// A command that cannot be sent (no map yet, no master for its slot, its
+// master refusing connections or timed out lately) has not left the worker:
+// it waits for the next map, at most its connect and reply timeouts, and a
+// bounded number and size of them wait. If no node gives a map, they fail.
 //
 // Error replies of the cluster itself are handled here, never seen by the
 // caller unless they persist:
@@ -18,11 +23,11 @@
 //   TRYAGAIN, CLUSTERDOWN  the command is sent again after kRetryDelay, for
 //                          as long as its reply timeout allows.
 // A command follows at most kMaxRedirects redirections; then the last reply
-// is the caller's. No reply at all (a node refused, dropped or timed out)
-// is the caller's at once, as with one server: the command may have been
-// executed, so it is not sent again. Addresses in the cluster's answers must
-// be numeric: a worker never blocks on a name lookup, so host names are
-// logged and skipped.
+// is the caller's. No reply at all (the connection dropped or timed out
+// after the command went out) is the caller's at once, as with one server:
+// the command may have been executed, so it is not sent again. Addresses in
+// the cluster's answers must be numeric: a worker never blocks on a name
+// lookup, so host names are logged and skipped.
 //
 // Each command is copied (it may have to be sent again) into a
 // ClusterCommand, which the route owns until the caller has its reply.
