@@ -391,8 +391,16 @@ ngx_http_recording_redis_server_t *add_redis_server(ngx_conf_t *cf, ngx_str_t *a
         return nullptr;
     }
     if (server->cluster) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"cluster\" in \"recording_redis\" is not supported yet");
-        return nullptr;
+        // Nodes are reached at the addresses the cluster announces: IP and port.
+        auto *addresses = static_cast<RedisAddress *>(server->addresses.elts);
+        for (ngx_uint_t i = 0; i < server->addresses.nelts; i++) {
+            if (addresses[i].unix_path.len != 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"%V\" in \"recording_redis\": a cluster's seeds are host:port, not unix sockets",
+                                   &addresses[i].name);
+                return nullptr;
+            }
+        }
     }
     if (server->cluster && server->login.db >= 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

@@ -88,6 +88,10 @@ public:
 
     const ngx_str_t &name() const noexcept { return address_.name; }
 
+    // The connection is (or, within the null replies of its teardown, was)
+    // established: false there means the command never left the worker.
+    bool connected() const noexcept { return connected_; }
+
     // After a connect or a reply timed out, attempts wait this long:
     // meanwhile send() fails at once.
     static constexpr ngx_msec_t kRetryInterval = 1000;

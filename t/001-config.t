@@ -483,15 +483,13 @@ unknown parameter "foo=1" in "recording_redis"
 
 
 === TEST 44: a cluster with db= is refused
-As long as "cluster" itself is refused, that is the message; once clusters
-are supported, db= with them must still be (a cluster has database 0 only).
 --- config
     location /r {
         recording_redis 127.0.0.1:6379 127.0.0.1:6380 cluster db=1;
     }
 --- must_die
---- error_log eval
-qr{"cluster" in "recording_redis" is not supported yet|"db=" cannot be used with "cluster" in "recording_redis"}
+--- error_log
+"db=" cannot be used with "cluster" in "recording_redis": a cluster has database 0 only
 
 
 
@@ -529,3 +527,48 @@ password=, user= and db= together; the bounds' own values.
 GET /s
 --- error_code: 200
 --- response_body_like: "127\.0\.0\.1:6379":\{"connections":0\}
+
+
+
+=== TEST 47: a cluster has no database to select
+--- config
+    location /r {
+        recording_ingest;
+        recording_site_id 1;
+        recording_redis 127.0.0.1:7000 cluster db=2;
+    }
+--- must_die
+--- error_log
+"db=" cannot be used with "cluster" in "recording_redis": a cluster has database 0 only
+
+
+
+=== TEST 48: a cluster's seeds are not unix sockets
+--- config
+    location /r {
+        recording_ingest;
+        recording_site_id 1;
+        recording_redis 127.0.0.1:7000 unix:/run/redis.sock cluster;
+    }
+--- must_die
+--- error_log
+"unix:/run/redis.sock" in "recording_redis": a cluster's seeds are host:port, not unix sockets
+
+
+
+=== TEST 49: a cluster's seeds, with a password, are accepted; nothing connects until a batch comes
+--- config
+    location /r {
+        recording_ingest;
+        recording_site_id 1;
+        recording_redis 127.0.0.1:7000 localhost:7001 cluster password=secret;
+    }
+    location /t {
+        return 200 "up";
+    }
+--- request
+GET /t
+--- error_code: 200
+--- response_body: up
+--- no_error_log
+recording: redis
