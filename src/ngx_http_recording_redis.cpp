@@ -274,6 +274,12 @@ void RedisClient::note_reply(const redisReply *reply) noexcept
     }
     if (reply->type == REDIS_REPLY_ERROR) {
         ngx_http_recording_count(&ngx_http_recording_stats_t::replies_error);
+        // A cluster's redirections are its routing, not this node failing:
+        // the cluster route follows them and logs what matters.
+        std::string_view text(reply->str, reply->len);
+        if (text.substr(0, 6) == "MOVED " || text.substr(0, 4) == "ASK ") {
+            return;
+        }
         if (!failing_) {
             ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis %V: error reply: %*s", &address_.name,
                           reply->len, reply->str);

@@ -253,6 +253,9 @@ sub asking_calls {
     is(scalar(grep { /\[(?:error|warn)\].*recording: redis cluster/ } recording_log_lines()), 0,
        "$t: redirections are not errors of the cluster route")
         or diag(join "\n", recording_log_lines());
+    is(scalar(grep { /\[error\].*recording: redis \S+: error reply: (?:MOVED|ASK)/ } recording_log_lines()), 0,
+       "$t: ... nor of a node's connection")
+        or diag(join "\n", recording_log_lines());
 
     # CLUSTERDOWN: the slot's owner forgets the slot (and so answers
     # CLUSTERDOWN to everything) for 300 ms: the batch is sent again
