@@ -1,0 +1,550 @@
+// The end-to-end test's browser part, run by scripts/e2e, which starts Redis
+// and nginx (the module on one loopback origin, the pages on another) and
+// passes their addresses in E2E_*.
+//
+// 1. A visit to site 1 (records everything): three pages with scripted
+//    mouse moves, clicks, scrolling, typing and DOM changes, the last batch
+//    of each page sent as it unloads. Checks that every batch the recorder
+//    sent is in Redis, in the order sent, byte for byte apart from _ingest,
+//    and that each page view's events replay in rrweb's replayer into the
+//    page as it was when the visit left it.
+// 2. Visits to site 2 (samples every session out) and site 3 (disabled):
+//    the recorder stops after the first answer, for the rest of the visit.
+// 3. scripts/storage-worker drains the queues: the session's file holds
+//    exactly the Redis elements, in page-view and seq order.
+import { createRequire } from 'node:module';
+import { gunzipSync } from 'node:zlib';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as resp from './resp.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repo = path.resolve(here, '../..');
+// playwright-core is pinned with rrweb in the recorder example's package.json.
+const require = createRequire(path.join(repo, 'examples/recorder/package.json'));
+const { chromium } = require('playwright-core');
+
+const env = (name) => {
+  if (!process.env[name]) throw new Error(`${name} is not set: run scripts/e2e`);
+  return process.env[name];
+};
+const INGEST = env('E2E_INGEST');
+const PAGES = env('E2E_PAGES');
+const REDIS_PORT = Number(env('E2E_REDIS_PORT'));
+const RUN = env('E2E_RUN');
+const DEADLINE = Date.now() + 150_000;   // scripts/e2e kills us at 180 s
+const STARTED = Date.now();
+
+// --- results -------------------------------------------------------------
+
+let passed = 0;
+const failures = [];
+function check(ok, name, detail) {
+  if (ok) {
+    passed++;
+    console.log(`ok   - ${name}`);
+  } else {
+    failures.push(name);
+    console.log(`FAIL - ${name}`);
+    if (detail !== undefined) console.log(`       ${String(detail).slice(0, 2000)}`);
+  }
+  return ok;
+}
+const facts = [];   // the numbers for the summary
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function waitFor(what, cond, ms = 10_000) {
+  const until = Math.min(Date.now() + ms, DEADLINE);
+  for (;;) {
+    if (await cond()) return true;
+    if (Date.now() > until) {
+      console.log(`       (gave up waiting for ${what})`);
+      return false;
+    }
+    await sleep(100);
+  }
+}
+
+// --- the page, as the test sees it ---------------------------------------
+
+// What a page looks like, for comparing the live page with its replay: run
+// in the page (live) and on the replayer's iframe document. The replayer
+// adds a <style> of its own as the first child of <html>, turns <script>
+// into <noscript> (it never runs the page's scripts) and inlines <link>ed
+// stylesheets into <style>: that much is normalized, nothing else.
+function domSummary(doc) {
+  const tags = [];
+  for (const el of doc.getElementsByTagName('*')) {
+    let tag = el.tagName.toLowerCase();
+    if (tag === 'style' && el.parentElement === doc.documentElement) continue;
+    if (tag === 'script') tag = 'noscript';
+    if (tag === 'link' && el.rel === 'stylesheet') tag = 'style';
+    tags.push(tag);
+  }
+  const fields = [...doc.querySelectorAll('input, textarea, select')]
+    .map((f) => (f.type === 'checkbox' ? f.checked : f.value));
+  const scrollers = [...doc.querySelectorAll('.scroller')].map((s) => s.scrollTop);
+  return {
+    title: doc.title,
+    elements: tags.length,
+    tags: tags.join(' '),
+    text: doc.body.innerText,   // what is rendered: CSS (display: none) counts
+    fields,
+    scrollY: doc.defaultView.scrollY,
+    scrollers,
+  };
+}
+const liveSummary = (page) => page.evaluate(`(${domSummary})(document)`);
+
+// The bodies the recorder handed to fetch, as logged by boot.js in
+// sessionStorage: [{page, encoding, keepalive, unloading, overlaps, json,
+// bytes}].
+async function sentLog(page) {
+  const log = await page.evaluate(() => JSON.parse(sessionStorage.getItem('e2e-sent') || '[]'));
+  return log.map((e) => {
+    const bytes = e.text !== null ? Buffer.from(e.text, 'utf8') : Buffer.from(e.base64, 'base64');
+    const json = e.encoding === 'gzip' ? gunzipSync(bytes) : bytes;
+    return { ...e, bytes, json };
+  });
+}
+
+// POSTs to the module seen on the network: body bytes and answer.
+function captureNetwork(context) {
+  const posts = [];
+  context.on('request', (request) => {
+    if (request.method() !== 'POST' || !request.url().startsWith(INGEST)) return;
+    const post = { body: request.postDataBuffer(), status: null, answer: null };
+    posts.push(post);
+    request.response().then(async (response) => {
+      if (!response) return;
+      post.answer = await response.text().catch(() => '');
+      post.status = response.status();
+    }).catch(() => {});
+  });
+  return posts;
+}
+
+// After the last interaction on a page: let the recorder's timer send what
+// is buffered and wait for the answers, so that the batch sent on unload
+// is never in flight together with another one (they could then reach
+// Redis in either order, which is fine for the storage worker but would
+// make "in the order sent" a race here).
+async function settle(page) {
+  await sleep(1000);
+  await waitFor('the recorder\'s answers', () => page.evaluate(() =>
+    window.__answers.length >= window.__sent));
+}
+
+// --- scripted visits ------------------------------------------------------
+
+const PAGE_VIEWS = [
+  {
+    path: 'shop.html',
+    async act(page) {
+      await page.mouse.move(50, 120);
+      await page.mouse.move(640, 420, { steps: 25 });
+      for (const card of ['spade', 'tomato', 'watering can']) {
+        await page.hover(`.card[data-name="${card}"]`);
+        await page.click(`.card[data-name="${card}"] button`);   // the cart list grows
+      }
+      await sleep(800);
+      await page.click('#search');
+      await page.keyboard.type('seed', { delay: 40 });            // cards hide
+      await page.selectOption('#sort', 'price');                  // cards move
+      await page.check('#in-stock');
+      await sleep(800);
+      await page.mouse.wheel(0, 450);
+      await page.mouse.move(300, 300, { steps: 10 });
+    },
+    leave: (page) => page.click('#to-article'),
+  },
+  {
+    path: 'article.html',
+    async act(page) {
+      for (let i = 0; i < 4; i++) {
+        await page.mouse.wheel(0, 250);
+        await sleep(120);
+      }
+      await page.click('#details summary');
+      // An inner scroller. rrweb throttles scroll events of all elements
+      // together (100 ms) and keeps the first of a burst: a page scroll
+      // just before or after would hide this one from the recording.
+      await page.hover('#calendar');
+      await sleep(300);
+      await page.mouse.wheel(0, 180);
+      await sleep(800);
+      await page.click('#more');
+      await page.click('#more');
+      await page.fill('#comment', '');
+      await page.type('#comment', 'Great plan, thanks!', { delay: 25 });
+      await page.click('#post');
+      await page.mouse.wheel(0, 300);
+    },
+    leave: (page) => page.click('#to-todo'),
+  },
+  {
+    path: 'todo.html',
+    async act(page) {
+      for (const job of ['weed the carrots', 'water tomatoes', 'sow lettuce', 'turn compost']) {
+        await page.click('#new-todo');
+        await page.keyboard.type(job, { delay: 15 });
+        await page.keyboard.press('Enter');
+      }
+      await sleep(800);
+      await page.click('#todos li:nth-child(2) input[type=checkbox]');
+      await page.click('#todos li:nth-child(4) input[type=checkbox]');
+      await page.click('#todos li:nth-child(1) button');           // delete
+      await page.type('#new-todo', 'half-typed', { delay: 15 });
+    },
+    // The visit ends on the replay page, of the same origin, so that the
+    // log in sessionStorage can be read there. A last click first: events
+    // for the batch sent on unload.
+    async leave(page) {
+      await page.click('h1');
+      await page.goto(`${PAGES}/replay.html`);
+    },
+  },
+];
+
+// Wait until the page at `file` has loaded and started its recorder.
+async function onPage(page, file) {
+  try {
+    await page.waitForURL((url) => url.pathname === `/${file}`, { timeout: 10_000 });
+    await page.waitForFunction(() => window.__recorder, null, { timeout: 10_000 });
+    return true;
+  } catch (e) {
+    return false;
+  }
+}
+
+async function newContext() {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.log(`       [page error] ${e.message}`));
+  return { context, page, posts: captureNetwork(context) };
+}
+
+async function recordedVisit() {
+  const { context, page, posts } = await newContext();
+  const views = [];
+  await page.goto(`${PAGES}/${PAGE_VIEWS[0].path}`);
+  for (const view of PAGE_VIEWS) {
+    // Reached by the previous page's leave(), as a visitor would.
+    check(await onPage(page, view.path), `the visit is on ${view.path}`, page.url());
+    const info = await page.evaluate(() => ({
+      sessionId: window.__recorder.sessionId, pageId: window.__recorder.pageId,
+      userAgent: navigator.userAgent,
+    }));
+    await view.act(page);
+    await settle(page);
+    views.push({ ...info, path: view.path, live: await liveSummary(page) });
+    await view.leave(page);
+  }
+  const sent = await sentLog(page);
+  await waitFor('the network answers', () => posts.every((p) => p.status !== null), 3000);
+  await context.close();
+  return { views, sent, posts };
+}
+
+// A visit to a site whose first answer stops the recorder: two page views.
+async function stoppedVisit(site) {
+  const { context, page } = await newContext();
+  await page.goto(`${PAGES}/shop.html?site=${site}`);
+  const sessionId = await page.evaluate(() => window.__recorder.sessionId);
+  await page.click('.card[data-name="spade"] button');
+  await waitFor('the first answer', () => page.evaluate(() => window.__answers.length > 0));
+  const answers = await page.evaluate(() => window.__answers);
+  const stopped = await page.evaluate(() => window.__recorder.stopped);
+  // More to record, which must not be sent; then the next page of the visit.
+  await page.click('.card[data-name="tomato"] button');
+  await page.mouse.wheel(0, 300);
+  await sleep(1000);
+  await page.click('#to-article');
+  await onPage(page, 'article.html');
+  const next = await page.evaluate(() => ({
+    sessionId: window.__recorder.sessionId, stopped: window.__recorder.stopped,
+  }));
+  await page.click('#more');
+  await sleep(1000);
+  const sent = await sentLog(page);
+  await context.close();
+  return { sessionId, answers, stopped, next, sent };
+}
+
+// --- Redis -----------------------------------------------------------------
+
+async function queueElements(redis) {
+  const keys = (await redis.command('KEYS', 'recording:queue:*')).map(String).sort();
+  const elements = [];
+  for (const key of keys) {
+    for (const raw of await redis.command('LRANGE', key, 0, -1)) {
+      elements.push({ key, raw, doc: JSON.parse(raw) });
+    }
+  }
+  return elements;
+}
+
+// The module appends `,"_ingest":{...}` as the last member of the client's
+// object: what comes before it must be the client's bytes.
+function splitIngest(raw) {
+  const text = raw.toString('utf8');
+  const at = text.lastIndexOf(',"_ingest":{');
+  if (at < 0 || !text.endsWith('}}')) return null;
+  return {
+    client: Buffer.concat([raw.subarray(0, Buffer.byteLength(text.slice(0, at))), Buffer.from('}')]),
+    ingest: JSON.parse(text.slice(at + ',"_ingest":'.length, -1)),
+    ingestText: text.slice(at + ',"_ingest":'.length, -1),
+  };
+}
+
+// --- the checks ---------------------------------------------------------------
+
+function checkRecordedVisit(visit, elements) {
+  const { views, sent, posts } = visit;
+  const session = views[0].sessionId;
+  console.log(`\n# site 1: a visit of ${views.length} page views, session ${session}`);
+  check(views.every((v) => v.sessionId === session), 'one session_id for the whole visit');
+  check(new Set(views.map((v) => v.pageId)).size === views.length, 'a page_id per page view');
+
+  // What the recorder sent.
+  const docs = sent.map((s) => JSON.parse(s.json));
+  console.log('#   page            seq  encoding  keepalive  bytes sent  JSON bytes  events (type.source)');
+  sent.forEach((s, i) => {
+    const kinds = docs[i].events.map((ev) => (ev.type === 3 ? `3.${ev.data.source}` : ev.type));
+    console.log(`#   ${s.page.padEnd(14)} ${String(docs[i].seq).padStart(4)}  ${s.encoding.padEnd(8)}  `
+      + `${String(s.keepalive).padEnd(9)}  ${String(s.bytes.length).padStart(10)}  `
+      + `${String(s.json.length).padStart(10)}  ${kinds.join(' ').slice(0, 60)}`);
+  });
+  let eventCount = 0;
+  for (const view of views) {
+    const mine = docs.filter((d) => d.page_id === view.pageId);
+    const seqs = mine.map((d) => d.seq);
+    check(mine.length >= 2 && same(seqs, [...seqs.keys()]),
+      `${view.path}: batches sent with seq 0..${mine.length - 1}, in order`, `seqs: ${seqs}`);
+    const events = mine.flatMap((d) => d.events);
+    eventCount += events.length;
+    view.batches = mine.length;
+    view.events = events.length;
+  }
+  check(docs.every((d) => d.session_id === session), 'every batch carries the session_id');
+  const gzip = sent.filter((s) => s.encoding === 'gzip').length;
+  const unload = sent.filter((s) => s.unloading);
+  check(gzip > 0 && sent.every((s) => s.encoding === 'gzip' || s.keepalive),
+    'batches are gzip-compressed (CompressionStream), those sent while unloading are not',
+    `gzip ${gzip}, identity ${unload.length}`);
+  // Usually a page's last batch goes out as it unloads; when the flush
+  // timer fires between the last event and the navigation, it goes out
+  // just before, compressed, and the unload has nothing left to send.
+  const lastOfView = (s, i) => i === sent.length - 1 || sent[i + 1].page !== s.page
+    || JSON.parse(sent[i + 1].json).seq === 0;
+  check(unload.length >= 1 && unload.length <= views.length
+    && sent.every((s, i) => s.encoding === 'gzip' || (s.unloading && s.keepalive && lastOfView(s, i))),
+    `pages sent their last batch while unloading, with keepalive (${unload.length} of ${views.length})`,
+    unload.map((s) => s.page).join(', '));
+  check(sent.every((s) => s.keepalive === (s.bytes.length <= 60 * 1024)),
+    'fetch keepalive for every batch small enough for it');
+
+  // The network agrees with the recorder's log (Chromium's automation does
+  // not see the requests of an unloading page: those are only in the log).
+  const logged = sent.map((s) => s.bytes.toString('base64'));
+  let at = 0;
+  const inOrder = posts.every((p) => {
+    at = logged.indexOf(p.body.toString('base64'), at);
+    return at++ >= 0;
+  });
+  check(posts.length >= sent.length - views.length && inOrder,
+    'the POST bodies on the network are the logged ones, in order',
+    `${posts.length} on the network, ${sent.length} logged`);
+  // A POST still in flight when its page went away has no answer to see
+  // (it reached Redis all the same, checked below).
+  const answered = posts.filter((p) => p.status !== null);
+  check(answered.length >= posts.length - views.length
+    && answered.every((p) => p.status === 202 && p.answer === '{"status":"queued"}'),
+    `every answer seen is 202 {"status":"queued"} (${answered.length} of ${posts.length})`,
+    posts.map((p) => `${p.status} ${p.answer}`).join('; '));
+
+  // Redis: every batch once, the client's bytes kept, in the order sent.
+  const mine = elements.filter((e) => e.doc.session_id === session);
+  check(new Set(mine.map((e) => e.key)).size === 1, 'the session is in one queue',
+    [...new Set(mine.map((e) => e.key))].join(' '));
+  const index = new Map(docs.map((d, i) => [`${d.page_id}/${d.seq}`, i]));
+  const order = mine.map((e) => index.get(`${e.doc.page_id}/${e.doc.seq}`));
+  check(mine.length === sent.length && same([...order].sort((a, b) => a - b), [...sent.keys()]),
+    `Redis holds the ${sent.length} batches of the session, each once`,
+    `found ${mine.length}: ${order}`);
+  const mismatched = [];
+  const ingests = [];
+  mine.forEach((e, i) => {
+    const parts = splitIngest(e.raw);
+    if (!parts || order[i] === undefined || !parts.client.equals(sent[order[i]].json)) mismatched.push(i);
+    if (parts) ingests.push(parts);
+  });
+  check(mismatched.length === 0,
+    'each Redis element is the browser\'s JSON byte for byte, plus _ingest as its last member',
+    `elements differing: ${mismatched}`);
+  // A batch may be queued before one sent earlier only if it was sent
+  // while that one could still be in flight.
+  const overtakes = [];
+  order.forEach((later, i) => order.slice(i + 1).forEach((earlier) => {
+    if (earlier < later) overtakes.push([earlier, later]);
+  }));
+  const unexplained = overtakes.filter(([earlier, later]) =>
+    !sent.slice(earlier + 1, later + 1).some((s) => s.overlaps));
+  const overlapping = sent.filter((s) => s.overlaps).length;
+  check(order.every((x) => x !== undefined) && unexplained.length === 0,
+    `Redis has them in the order sent (${overlapping} sent while another could be in flight, `
+    + `${overtakes.length} overtook one)`,
+    `Redis order: ${order}`);
+  const ua = views[0].userAgent;
+  const badIngest = ingests.filter(({ ingest }) =>
+    !same(Object.keys(ingest), ['site_id', 'received_at', 'ip', 'user_agent', 'country', 'request_id'])
+    || ingest.site_id !== 1 || ingest.ip !== '127.0.0.1' || ingest.user_agent !== ua
+    || ingest.country !== null || !/^[0-9a-f]{32}$/.test(ingest.request_id)
+    || !(ingest.received_at >= STARTED - 1000 && ingest.received_at <= Date.now()));
+  check(badIngest.length === 0, '_ingest: the six fields, site 1, the browser\'s address and User-Agent',
+    badIngest.map((b) => b.ingestText).join('\n       '));
+  check(new Set(ingests.map((p) => p.ingest.request_id)).size === ingests.length,
+    'a distinct request_id per batch');
+
+  // The kinds of events the interactions produce.
+  const all = mine.flatMap((e) => e.doc.events);
+  const incremental = (source) => all.filter((ev) => ev.type === 3 && ev.data.source === source).length;
+  const kinds = {
+    meta: all.filter((ev) => ev.type === 4).length,
+    full_snapshot: all.filter((ev) => ev.type === 2).length,
+    mutation: incremental(0),
+    mouse_move: incremental(1),
+    mouse_interaction: incremental(2),
+    scroll: incremental(3),
+    input: incremental(5),
+  };
+  check(kinds.meta === views.length && kinds.full_snapshot === views.length
+    && Object.values(kinds).every((n) => n > 0),
+    'events: a meta and a full snapshot per page view; mutations, mouse, scroll and input',
+    JSON.stringify(kinds));
+  facts.push(`site 1: ${views.length} page views, ${sent.length} batches (${gzip} gzip, `
+    + `${unload.length} sent on unload), ${eventCount} events `
+    + `(${views.map((v) => `${v.path}: ${v.batches}/${v.events}`).join(', ')}), `
+    + `${mine.reduce((n, e) => n + e.raw.length, 0)} bytes in Redis`);
+  facts.push(`events by kind: ${JSON.stringify(kinds)}`);
+  return mine;
+}
+
+// Each page view's events, from Redis in seq order, in rrweb's replayer.
+async function checkReplay(views, elements) {
+  const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+  const page = await context.newPage();
+  await page.goto(`${PAGES}/replay.html`);
+  for (const view of views) {
+    const events = elements.filter((e) => e.doc.page_id === view.pageId)
+      .sort((a, b) => a.doc.seq - b.doc.seq)
+      .flatMap((e) => e.doc.events);
+    const replayed = await page.evaluate(async ({ events, summary }) => {
+      const root = document.getElementById('player');
+      root.replaceChildren();
+      const replayer = new rrweb.Replayer(events, { root, showWarning: false, mouseTail: false });
+      // Jump to the end: every event applied.
+      replayer.pause(replayer.getMetaData().totalTime + 1);
+      await new Promise((r) => setTimeout(r, 300));
+      return new Function(`return (${summary})`)()(replayer.iframe.contentDocument);
+    }, { events, summary: domSummary.toString() });
+    const live = view.live;
+    const diffs = Object.keys(live).filter((k) => !same(live[k], replayed[k]));
+    check(diffs.length === 0,
+      `${view.path}: the replay rebuilds the page: title "${replayed.title}", `
+      + `${replayed.elements} elements, text, form fields, scroll positions`,
+      diffs.map((k) => `${k}: live ${JSON.stringify(live[k])} replayed ${JSON.stringify(replayed[k])}`)
+        .join('\n       '));
+  }
+  await context.close();
+}
+
+function checkStoppedVisit(visit, site, status, outcome, elements) {
+  console.log(`\n# site ${site}: ${outcome}`);
+  const first = visit.answers[0] || {};
+  check(visit.answers.length === 1 && first.status === status && first.outcome === outcome,
+    `the first batch is answered ${status} ${outcome}`, JSON.stringify(visit.answers));
+  check(visit.stopped === outcome, 'the recorder stops', `stopped: ${visit.stopped}`);
+  check(visit.next.sessionId === visit.sessionId && visit.next.stopped === outcome,
+    'the next page of the visit does not record', JSON.stringify(visit.next));
+  check(visit.sent.length === 1, 'one batch sent in the whole visit', `${visit.sent.length} sent`);
+  check(!elements.some((e) => e.doc.session_id === visit.sessionId), 'nothing of it in Redis');
+  facts.push(`site ${site}: ${visit.sent.length} batch sent, answered ${status} ${outcome}, then silence`);
+}
+
+// scripts/storage-worker drains the queues into files.
+async function checkStorageWorker(redis, session, elements) {
+  console.log('\n# storage worker');
+  const out = path.join(RUN, 'out');
+  const started = Date.now();
+  const worker = spawnSync(path.join(repo, 'scripts/storage-worker'),
+    ['--redis', `redis://127.0.0.1:${REDIS_PORT}`, '--out', out, '--name', 'e2e', '--drain'],
+    { encoding: 'utf8', timeout: 30_000 });
+  check(worker.status === 0, 'scripts/storage-worker --drain exits 0',
+    `${worker.status} ${worker.error || ''}\n${worker.stderr}`);
+  const left = (await redis.command('KEYS', 'recording:*')).map(String)
+    .filter((k) => !k.startsWith('recording:site:'));
+  check(left.length === 0, 'queues and the processing list are empty', left.join(' '));
+  const file = path.join(out, '1', `${session}.jsonl`);
+  const lines = fs.existsSync(file) ? fs.readFileSync(file).toString('utf8').split('\n') : [];
+  const lastEmpty = lines.pop() === '';
+  // Page views in the order they started, each one's batches by seq: here,
+  // as the browser sent them.
+  const expected = elements.map((e) => e.raw.toString('utf8'));
+  check(lastEmpty && same(lines, expected),
+    `${path.relative(RUN, file)}: the ${expected.length} batches, one per line, in page view and seq order`,
+    `${lines.length} lines`);
+  const files = fs.readdirSync(out, { recursive: true }).filter((f) => f.endsWith('.jsonl'));
+  check(files.length === 1, 'one file: the sampled-out and disabled visits have none', files.join(' '));
+  facts.push(`storage worker: ${lines.length} batches into ${files.length} file in ${Date.now() - started} ms`);
+}
+
+// --- main ----------------------------------------------------------------------
+
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',   // Debian's; never a downloaded one
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  timeout: 30_000,
+});
+const redis = await resp.connect(REDIS_PORT);
+try {
+  console.log(`# Chromium ${browser.version()}, pages on ${PAGES}, module on ${INGEST}`);
+  const visit = await recordedVisit();
+  const sampled = await stoppedVisit(2);
+  const disabled = await stoppedVisit(3);
+  await waitFor('every batch in Redis',
+    async () => (await queueElements(redis)).length >= visit.sent.length);
+  const elements = await queueElements(redis);
+
+  const mine = checkRecordedVisit(visit, elements);
+  await checkReplay(visit.views, mine);
+  checkStoppedVisit(sampled, 2, 200, 'sampled_out', elements);
+  checkStoppedVisit(disabled, 3, 403, 'site_disabled', elements);
+
+  console.log('\n# the module');
+  const status = await (await fetch(`${INGEST}/recording-status`)).json();
+  check(status.preflights >= 1 && status.batches.queued === mine.length
+    && status.batches.sampled_out === 1 && status.batches.site_disabled === 1,
+    'its figures: CORS preflights answered, batches queued, sampled out, refused',
+    JSON.stringify({ preflights: status.preflights, batches: status.batches }));
+  facts.push(`module: ${status.preflights} CORS preflight(s), ${status.batches.queued} queued`);
+
+  await checkStorageWorker(redis, visit.views[0].sessionId, mine);
+} catch (e) {
+  check(false, 'the test ran to its end', e.stack);
+} finally {
+  redis.close();
+  await browser.close();
+}
+
+console.log('\n# summary');
+for (const fact of facts) console.log(`#   ${fact}`);
+console.log(`#   browser part: ${((Date.now() - STARTED) / 1000).toFixed(1)} s`);
+if (failures.length) console.log(`#   failed: ${failures.join('; ')}`);
+console.log(`${passed} passed, ${failures.length} failed`);
+process.exit(failures.length ? 1 : 0);
