@@ -1,6 +1,6 @@
 #include "body_decoder.h"
 
-#include <zlib.h>
+#include <libdeflate.h>
 
 #include <algorithm>
 #include <cstring>
@@ -27,12 +27,31 @@ bool equals_ignoring_case(std::string_view a, std::string_view b) noexcept
     return true;
 }
 
-// zlib's window bits: 15 with +32 detects a zlib or a gzip header; +16
-// accepts only gzip, which is what may follow the end of a stream.
-constexpr int kAnyHeader = MAX_WBITS + 32;
-constexpr int kGzipOnly = MAX_WBITS + 16;
-
 constexpr size_t kMinRoom = 16 * 1024;
+
+// A compressed body larger than this cannot be a batch within the limit:
+// deflate at its worst (stored blocks) adds a few bytes per 64 KiB, gzip
+// 18 bytes per member. Only a flood of empty members gets there.
+size_t max_compressed_size(size_t max_decoded_size)
+{
+    return std::max(max_decoded_size * 2, size_t{64 * 1024});
+}
+
+bool is_gzip(const unsigned char* data, size_t size) noexcept
+{
+    return size >= 2 && data[0] == 0x1f && data[1] == 0x8b;
+}
+
+// One decompressor per thread (a worker has one), reused by every body.
+libdeflate_decompressor* decompressor()
+{
+    thread_local std::unique_ptr<libdeflate_decompressor, void (*)(libdeflate_decompressor*)> d(
+        libdeflate_alloc_decompressor(), libdeflate_free_decompressor);
+    if (!d) {
+        throw std::bad_alloc();
+    }
+    return d.get();
+}
 
 }  // namespace
 
@@ -46,21 +65,6 @@ ContentEncoding classify_content_encoding(std::string_view value) noexcept
     }
     return ContentEncoding::unsupported;
 }
-
-struct BodyDecoder::Inflater {
-    z_stream stream{};
-    bool initialized = false;
-    bool in_member = false;       // inside a stream that has not ended yet
-    bool output_pending = false;  // the last inflate filled the room
-    bool any_member_ended = false;
-
-    ~Inflater()
-    {
-        if (initialized) {
-            inflateEnd(&stream);
-        }
-    }
-};
 
 BodyDecoder::BodyDecoder(ContentEncoding encoding, size_t max_decoded_size)
     : encoding_(encoding), max_decoded_size_(max_decoded_size)
@@ -76,9 +80,14 @@ void BodyDecoder::expect_input(size_t encoded_size)
         resize_output(std::min(max_decoded_size_ + 1, encoded_size));
         return;
     }
-    // Compressed recordings typically inflate five- to tenfold.
-    size_t guess = std::max(encoded_size, kMinRoom / 8) * 8;
-    resize_output(std::min(max_decoded_size_ + 1, guess));
+    // The output is sized when the whole body is there (inflate_all); the
+    // input may grow past this, up to max_compressed_size().
+    size_t input = std::min(encoded_size, max_decoded_size_ + 1);
+    if (input > input_capacity_ && input_used_ == 0) {
+        input_.reset(new unsigned char[input]);
+        input_capacity_ = input;
+        input_used_ = 0;
+    }
 }
 
 void BodyDecoder::resize_output(size_t capacity)
@@ -126,88 +135,100 @@ DecodeStatus BodyDecoder::feed_identity(const unsigned char* data, size_t size)
     return status_;
 }
 
-// Grows the output geometrically, but never beyond limit + 1 bytes: one
-// byte past the limit is enough to know the body is too large.
-bool BodyDecoder::make_room()
+namespace {
+
+// What a compressed body must start with: the gzip magic, or a zlib header
+// (deflate, and a check value over its two bytes). Anything else is
+// refused as soon as it comes.
+bool plausible_start(const unsigned char* data, size_t size)
 {
-    size_t cap = max_decoded_size_ + 1;
-    if (used_ >= cap) {
+    if (data[0] == 0x1f) {
+        return size < 2 || data[1] == 0x8b;
+    }
+    if ((data[0] & 0x0f) != 8 || (data[0] >> 4) > 7) {
         return false;
     }
-    if (capacity_ > used_) {
-        return true;
-    }
-    resize_output(std::min(cap, std::max(capacity_ * 2, kMinRoom)));
-    return true;
+    return size < 2 || (data[0] * 256 + data[1]) % 31 == 0;
 }
+
+}  // namespace
 
 DecodeStatus BodyDecoder::feed_compressed(const unsigned char* data, size_t size)
 {
-    if (!inflater_) {
-        inflater_ = std::make_unique<Inflater>();
+    if (input_used_ == 0 && !plausible_start(data, size)) {
+        return fail(DecodeStatus::invalid);
     }
-    inflater_->stream.next_in = const_cast<unsigned char*>(data);
-    inflater_->stream.avail_in = static_cast<uInt>(size);
-    return inflate_available();
+    if (size > max_compressed_size(max_decoded_size_) - input_used_) {
+        return fail(DecodeStatus::too_large);
+    }
+    if (input_capacity_ < input_used_ + size) {
+        size_t capacity = std::max(input_used_ + size, std::max(input_capacity_ * 2, size_t{4096}));
+        capacity = std::min(capacity, max_compressed_size(max_decoded_size_));
+        std::unique_ptr<unsigned char[]> bigger(new unsigned char[capacity]);
+        if (input_used_ != 0) {
+            std::memcpy(bigger.get(), input_.get(), input_used_);
+        }
+        input_ = std::move(bigger);
+        input_capacity_ = capacity;
+    }
+    std::memcpy(input_.get() + input_used_, data, size);
+    input_used_ += size;
+    return status_;
 }
 
-// Inflates what the stream holds: the input given, and output zlib still
-// keeps when the last call filled the room exactly.
-DecodeStatus BodyDecoder::inflate_available()
+// Inflates the gathered body: a gzip or zlib stream, then only gzip
+// members, each decoded whole into the room left. When the room is too
+// small it grows once to limit + 1 and that member is decoded again; if it
+// still does not fit, the body is too large, whatever follows (so a bomb
+// that is also corrupt further on is 413, as when inflating as it came).
+DecodeStatus BodyDecoder::inflate_all()
 {
-    Inflater& z = *inflater_;
-    while (z.stream.avail_in > 0 || z.output_pending) {
-        if (!z.in_member) {
-            // The first stream may carry either header; what follows the
-            // end of a stream must be another gzip member.
-            int rc;
-            if (!z.initialized) {
-                rc = inflateInit2(&z.stream, kAnyHeader);
-                z.initialized = rc == Z_OK;
-            } else {
-                rc = inflateReset2(&z.stream, kGzipOnly);
-            }
-            if (rc == Z_MEM_ERROR) {
-                throw std::bad_alloc();
-            }
-            if (rc != Z_OK) {
-                return fail(DecodeStatus::invalid);
-            }
-            z.in_member = true;
-        }
-        if (!make_room()) {
-            return fail(DecodeStatus::too_large);
-        }
-        size_t room = capacity_ - used_;
-        z.stream.next_out = reinterpret_cast<unsigned char*>(output_.get() + used_);
-        z.stream.avail_out = static_cast<uInt>(room);
+    const unsigned char* in = input_.get();
+    size_t left = input_used_;
+    if (left == 0) {
+        return fail(DecodeStatus::invalid);
+    }
+    // A single gzip member tells its size in its last four bytes (modulo
+    // 2^32, and a client may lie: it is only where to start).
+    size_t cap = max_decoded_size_ + 1;
+    if (is_gzip(in, left) && left >= 18) {
+        const unsigned char* t = in + left - 4;
+        size_t isize = t[0] | (t[1] << 8) | (t[2] << 16) | (static_cast<size_t>(t[3]) << 24);
+        resize_output(std::min(cap, std::max(isize, size_t{1})));
+    } else {
+        resize_output(std::min(cap, std::max(left * 8, kMinRoom)));
+    }
 
-        int rc = inflate(&z.stream, Z_NO_FLUSH);
-        used_ += room - z.stream.avail_out;
-        z.output_pending = z.stream.avail_out == 0;
-
+    bool first = true;
+    while (left > 0) {
+        bool gzip = is_gzip(in, left);
+        if (!first && !gzip) {
+            return fail(DecodeStatus::invalid);  // after a stream, only gzip members
+        }
+        for (;;) {
+            size_t in_bytes = 0;
+            size_t out_bytes = 0;
+            char* out = output_.get() + used_;
+            size_t room = capacity_ - used_;
+            libdeflate_result rc =
+                gzip ? libdeflate_gzip_decompress_ex(decompressor(), in, left, out, room, &in_bytes, &out_bytes)
+                     : libdeflate_zlib_decompress_ex(decompressor(), in, left, out, room, &in_bytes, &out_bytes);
+            if (rc == LIBDEFLATE_SUCCESS) {
+                used_ += out_bytes;
+                in += in_bytes;
+                left -= in_bytes;
+                break;
+            }
+            if (rc == LIBDEFLATE_INSUFFICIENT_SPACE && capacity_ < cap) {
+                resize_output(cap);
+                continue;
+            }
+            return fail(rc == LIBDEFLATE_INSUFFICIENT_SPACE ? DecodeStatus::too_large : DecodeStatus::invalid);
+        }
         if (used_ > max_decoded_size_) {
             return fail(DecodeStatus::too_large);
         }
-        switch (rc) {
-        case Z_STREAM_END:
-            z.in_member = false;
-            z.output_pending = false;
-            z.any_member_ended = true;
-            break;
-        case Z_OK:
-            break;
-        case Z_BUF_ERROR:
-            // No progress: with room left, zlib wants input we do not have.
-            if (!z.output_pending) {
-                return status_;
-            }
-            break;
-        case Z_MEM_ERROR:
-            throw std::bad_alloc();
-        default:  // Z_DATA_ERROR (bad header, data or checksum), Z_NEED_DICT
-            return fail(DecodeStatus::invalid);
-        }
+        first = false;
     }
     return status_;
 }
@@ -218,11 +239,7 @@ DecodeStatus BodyDecoder::finish()
         return status_;
     }
     if (encoding_ == ContentEncoding::compressed) {
-        // Output zlib still holds means the stream has not ended: truncated.
-        bool complete = inflater_ && inflater_->any_member_ended && !inflater_->in_member;
-        if (!complete) {
-            return fail(DecodeStatus::invalid);  // empty or truncated
-        }
+        return inflate_all();
     }
     return status_;
 }
