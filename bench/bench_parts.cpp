@@ -19,6 +19,15 @@
 //     validate_bounded   as `validate`, but through a stream that checks
 //                        the end on every byte, as the module's does
 //     memcpy_decoded     copying the decoded document once
+//   an alternative inflater, when built with libdeflate (libdeflate-dev):
+//     inflate_libdeflate libdeflate_gzip_decompress, one shot, into a buffer
+//                        of the limit's size (it fails rather than write
+//                        past it), the decompressor kept
+//   an alternative validator, when built with simdjson (libsimdjson-dev):
+//     simdjson_validate  one simdjson DOM parse (strict JSON, UTF-8), the
+//                        parser kept from one payload to the next
+//     simdjson_contract  that parse plus the contract's checks on the DOM
+//                        (see simdjson_contract() below)
 //   the module's own code (src/core):
 //     BodyDecoder        expect_input + feed + finish, as the glue calls it
 //     validate_batch     the contract's one-pass validation
@@ -47,6 +56,13 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#ifdef RECORDING_BENCH_SIMDJSON
+#include <simdjson.h>
+#endif
+#ifdef RECORDING_BENCH_LIBDEFLATE
+#include <libdeflate.h>
+#endif
 
 #include "batch_validator.h"
 #include "body_decoder.h"
@@ -191,6 +207,99 @@ bool rapidjson_pass(Stream& stream)
 
 constexpr unsigned kModuleFlags = rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag;
 
+#ifdef RECORDING_BENCH_SIMDJSON
+// What validate_batch checks, done on simdjson's DOM: a root object without
+// duplicate keys, session_id, seq, 1..10000 events, each an object without
+// duplicate keys with an integer type 0..6 and a numeric timestamp. (Not a
+// drop-in: it does not find a client's `_ingest` member's byte offsets nor
+// is it checked against the contract's edge cases; it is here to price the
+// work.)
+bool has_duplicate(const std::string_view* keys, size_t n, std::string_view key)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (keys[i] == key) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool is_whole_number(simdjson::dom::element v, double lo, double hi)
+{
+    double d;
+    if (v.is_int64() || v.is_uint64()) {
+        d = static_cast<double>(v.is_int64() ? int64_t(v) : static_cast<int64_t>(uint64_t(v)));
+    } else if (v.is_double()) {
+        d = double(v);
+        if (d != static_cast<double>(static_cast<int64_t>(d))) {
+            return false;
+        }
+    } else {
+        return false;
+    }
+    return d >= lo && d <= hi;
+}
+
+bool simdjson_contract(simdjson::dom::parser& parser, const char* data, size_t size)
+{
+    simdjson::dom::element doc;
+    if (parser.parse(data, size, false).get(doc) != simdjson::SUCCESS) {
+        return false;
+    }
+    simdjson::dom::object root;
+    if (doc.get_object().get(root) != simdjson::SUCCESS) {
+        return false;
+    }
+    std::vector<std::string_view> keys;
+    bool session_ok = false, seq_ok = false, events_ok = false;
+    for (auto field : root) {
+        if (has_duplicate(keys.data(), keys.size(), field.key)) {
+            return false;
+        }
+        keys.push_back(field.key);
+        if (field.key == "session_id") {
+            std::string_view id;
+            session_ok = field.value.get_string().get(id) == simdjson::SUCCESS && !id.empty() && id.size() <= 64;
+        } else if (field.key == "seq") {
+            seq_ok = is_whole_number(field.value, 0, 1e300);
+        } else if (field.key == "events") {
+            simdjson::dom::array events;
+            if (field.value.get_array().get(events) != simdjson::SUCCESS) {
+                return false;
+            }
+            size_t count = 0;
+            for (simdjson::dom::element e : events) {
+                simdjson::dom::object event;
+                if (++count > 10000 || e.get_object().get(event) != simdjson::SUCCESS) {
+                    return false;
+                }
+                std::string_view event_keys[16];
+                size_t n = 0;
+                bool type_ok = false, timestamp_ok = false;
+                for (auto f : event) {
+                    if (has_duplicate(event_keys, n, f.key)) {
+                        return false;
+                    }
+                    if (n < 16) {
+                        event_keys[n++] = f.key;
+                    }
+                    if (f.key == "type") {
+                        type_ok = is_whole_number(f.value, 0, 6);
+                    } else if (f.key == "timestamp") {
+                        timestamp_ok = f.value.is_number();
+                    }
+                }
+                if (!type_ok || !timestamp_ok) {
+                    return false;
+                }
+            }
+            events_ok = count > 0;
+        }
+    }
+    return session_ok && seq_ok && events_ok;
+}
+#endif
+
 // --- the module's core ------------------------------------------------------
 
 recording::IngestFields sample_fields()
@@ -240,6 +349,12 @@ int main(int argc, char** argv)
         return 2;
     }
     double round_s = seconds;
+#ifdef RECORDING_BENCH_SIMDJSON
+    if (!json) {
+        std::fprintf(stderr, "simdjson implementation: %s\n",
+                     simdjson::get_active_implementation()->name().c_str());
+    }
+#endif
 
     std::vector<Result> results;
     for (const std::string& name : names) {
@@ -272,6 +387,31 @@ int main(int argc, char** argv)
             BoundedStream s(decoded.data(), decoded.size());
             sink = rapidjson_pass<kModuleFlags>(s);
         });
+#ifdef RECORDING_BENCH_LIBDEFLATE
+        libdeflate_decompressor* ld = libdeflate_alloc_decompressor();
+        std::vector<char> limit_buffer((2 << 20) + 1);
+        add("inflate_libdeflate", [&] {
+            size_t n = 0;
+            if (libdeflate_gzip_decompress(ld, gz.data(), gz.size(), limit_buffer.data(), limit_buffer.size(), &n)
+                != LIBDEFLATE_SUCCESS) {
+                throw std::runtime_error("libdeflate");
+            }
+            sink = n;
+        });
+#endif
+#ifdef RECORDING_BENCH_SIMDJSON
+        simdjson::dom::parser parser;
+        std::string padded = decoded + std::string(simdjson::SIMDJSON_PADDING, '\0');
+        if (!simdjson_contract(parser, padded.data(), decoded.size())) {
+            std::fprintf(stderr, "%s: simdjson_contract refuses it\n", name.c_str());
+            return 1;
+        }
+        add("simdjson_validate", [&] {
+            simdjson::dom::element doc;
+            sink = parser.parse(padded.data(), decoded.size(), false).get(doc) == simdjson::SUCCESS;
+        });
+        add("simdjson_contract", [&] { sink = simdjson_contract(parser, padded.data(), decoded.size()); });
+#endif
         add("memcpy_decoded", [&] {
             std::memcpy(out.data(), decoded.data(), decoded.size());
             sink = static_cast<size_t>(out[decoded.size() / 2]);
@@ -326,6 +466,9 @@ int main(int argc, char** argv)
         if (!json) {
             std::fprintf(stderr, "\n");
         }
+#ifdef RECORDING_BENCH_LIBDEFLATE
+        libdeflate_free_decompressor(ld);
+#endif
         results.push_back({name, "decoded_bytes", static_cast<double>(decoded.size())});
         results.push_back({name, "encoded_bytes", static_cast<double>(gz.size())});
     }
