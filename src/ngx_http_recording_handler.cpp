@@ -288,7 +288,11 @@ void push(RequestState &state, const recording::QueueElement &element, unsigned 
     state.queue = recording::queue_key(shard);
     if (!ngx_http_recording_queue_push(state.conf, state.queue, element, waiter_for(state))) {
         finish(state, Outcome::queue_unavailable, from_redis);
+        return;
     }
+    // The element is copied into its RPUSH: the decoded document (up to the
+    // limit, 2 MiB) need not wait for Redis with the request.
+    state.decoder.reset();
 }
 
 // --- Sampling and enrichment ----------------------------------------------

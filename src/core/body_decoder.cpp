@@ -178,7 +178,7 @@ DecodeStatus BodyDecoder::feed_compressed(const unsigned char* data, size_t size
 
 // Inflates the gathered body: a gzip or zlib stream, then only gzip
 // members, each decoded whole into the room left. When the room is too
-// small it grows once to limit + 1 and that member is decoded again; if it
+// small it grows once to the limit and that member is decoded again; if it
 // still does not fit, the body is too large, whatever follows (so a bomb
 // that is also corrupt further on is 413, as when inflating as it came).
 DecodeStatus BodyDecoder::inflate_all()
@@ -189,8 +189,11 @@ DecodeStatus BodyDecoder::inflate_all()
         return fail(DecodeStatus::invalid);
     }
     // A single gzip member tells its size in its last four bytes (modulo
-    // 2^32, and a client may lie: it is only where to start).
-    size_t cap = max_decoded_size_ + 1;
+    // 2^32, and a client may lie: it is only where to start). The output
+    // never grows past the limit: a member that does not fit is too large,
+    // whatever its checksum says (as when inflating as it comes, where the
+    // limit is passed before the checksum is read).
+    size_t cap = max_decoded_size_;
     if (is_gzip(in, left) && left >= 18) {
         const unsigned char* t = in + left - 4;
         size_t isize = t[0] | (t[1] << 8) | (t[2] << 16) | (static_cast<size_t>(t[3]) << 24);
@@ -238,7 +241,9 @@ DecodeStatus BodyDecoder::finish()
     if (status_ != DecodeStatus::ok) {
         return status_;
     }
-    if (encoding_ == ContentEncoding::compressed) {
+    // Inflating is done once; finish() may be asked again.
+    if (encoding_ == ContentEncoding::compressed && !inflated_) {
+        inflated_ = true;
         return inflate_all();
     }
     return status_;

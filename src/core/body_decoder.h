@@ -70,6 +70,7 @@ private:
     std::unique_ptr<unsigned char[]> input_;
     size_t input_capacity_ = 0;
     size_t input_used_ = 0;
+    bool inflated_ = false;
 };
 
 }  // namespace recording

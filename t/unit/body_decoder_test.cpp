@@ -363,6 +363,16 @@ TEST(BodyDecoder, EmptyCompressedBodyIsInvalid)
     EXPECT_EQ(announced.finish(), DecodeStatus::invalid);
 }
 
+TEST(BodyDecoder, FinishTwiceGivesTheSameDocument)
+{
+    BodyDecoder decoder(ContentEncoding::compressed, kTwoMiB);
+    std::string body = gzip(kJson);
+    ASSERT_EQ(decoder.feed(body.data(), body.size()), DecodeStatus::ok);
+    ASSERT_EQ(decoder.finish(), DecodeStatus::ok);
+    ASSERT_EQ(decoder.finish(), DecodeStatus::ok);
+    EXPECT_EQ(decoder.decoded(), kJson);
+}
+
 TEST(BodyDecoder, FailureSticks)
 {
     BodyDecoder decoder(ContentEncoding::compressed, kTwoMiB);
