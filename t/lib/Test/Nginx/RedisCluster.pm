@@ -117,11 +117,11 @@ sub start {
             open STDIN, '<', '/dev/null';
             open STDOUT, '>>', "$dir/stdout";
             open STDERR, '>&', \*STDOUT;
-            exec $REDIS_SERVER, '--port', $port, '--cluster-port', $bus, '--bind', '127.0.0.1',
+            { no warnings 'exec'; exec $REDIS_SERVER, '--port', $port, '--cluster-port', $bus, '--bind', '127.0.0.1',
                  '--cluster-enabled', 'yes', '--cluster-config-file', "$dir/nodes.conf",
                  '--cluster-node-timeout', $timeout, '--save', '', '--appendonly', 'no',
                  '--repl-diskless-sync-delay', 0,  # replicas in sync at once, not after 5 s
-                 '--daemonize', 'no', '--dir', $dir, '--logfile', "$dir/redis.log";
+                 '--daemonize', 'no', '--dir', $dir, '--logfile', "$dir/redis.log"; }
             POSIX::_exit(127);
         }
         push @{ $self->{nodes} }, { port => $port, bus => $bus, pid => $pid };
