@@ -2,9 +2,13 @@
 // falling back on the spool.
 //
 // An element joins the open batch of its Redis and key. A batch is sealed
-// when it reaches `recording_batch_elements` or `recording_batch_size`,
-// or when `recording_batch_delay` has passed since its first element
-// (0: at the end of the current pass of the event loop). Sealed batches
+// when it reaches `recording_batch_elements` or `recording_batch_size`;
+// else, when no RPUSH of the key is in flight, at the end of the current
+// pass of the event loop (no added wait: what that pass took goes
+// together); else when the reply of the RPUSH ahead of it comes, or at the
+// latest `recording_batch_delay` after its first element (0: no limit but
+// the reply's timeout). So a lone batch goes at once, and under load each
+// RPUSH carries what arrived while the one before it was out. Sealed batches
 // are sent from a posted event or a timer, never from within a request's
 // handler, so that every answer comes from one place. Replies come in the
 // order the commands went out, so a session's batches, which share a key,
@@ -29,7 +33,10 @@
 
 namespace {
 
+struct Slot;
+
 struct Batch {
+    Slot *slot = nullptr;
     ngx_http_recording_redis_server_t *server = nullptr;
     RedisTimeouts timeouts{};
     recording::RpushBuilder command;
@@ -49,8 +56,11 @@ struct Slot {
     size_t max_size;
     ngx_msec_t delay;
     bool due = false;     // to be sealed by the posted flush event
+    unsigned in_flight = 0;  // its RPUSH sent and not answered yet
     ngx_event_t timer{};
 };
+
+void seal(Slot &slot) noexcept;
 
 std::vector<std::unique_ptr<Slot>> slots;
 std::vector<std::unique_ptr<Batch>> sealed;   // to be sent by the flush event
@@ -129,6 +139,7 @@ public:
 
     void on_reply(const redisReply *reply) noexcept override
     {
+        Slot *slot = batch->slot;
         size_t elements = batch->command.elements();
         uint64_t round_trip = ngx_http_recording_now_us() - batch->sent_us;
         ngx_http_recording_count(&ngx_http_recording_stats_t::inflight_elements,
@@ -145,6 +156,11 @@ public:
             fall_back(std::move(batch));
         }
         delete this;
+        // What gathered behind this RPUSH goes now.
+        slot->in_flight--;
+        if (slot->in_flight == 0 && slot->batch != nullptr) {
+            seal(*slot);
+        }
     }
 };
 
@@ -174,6 +190,7 @@ void dispatch(std::unique_ptr<Batch> batch) noexcept
         fall_back(std::move(batch));
         return;
     }
+    sent.slot->in_flight++;
     ngx_http_recording_count(&ngx_http_recording_stats_t::rpush_commands);
     ngx_http_recording_count(&ngx_http_recording_stats_t::inflight_elements,
                              static_cast<ngx_atomic_int_t>(elements));
@@ -266,6 +283,7 @@ bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::str
         Slot &slot = slot_for(conf, key);
         if (slot.batch == nullptr) {
             slot.batch = new_batch(conf->redis, key, {conf->redis_connect_timeout, conf->redis_read_timeout});
+            slot.batch->slot = &slot;
         }
         Batch &batch = *slot.batch;
         size_t before = batch.command.size();
@@ -293,10 +311,14 @@ bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::str
             batch.to_spool = over_limit;
             sealed.push_back(std::move(slot.batch));
             post_flush();
-        } else if (slot.delay == 0) {
+        } else if (slot.in_flight == 0) {
+            // Nothing ahead of it: it goes at the end of this pass of the
+            // event loop, with whatever else this pass takes for the key.
             slot.due = true;
             post_flush();
-        } else if (!slot.timer.timer_set) {
+        } else if (slot.delay != 0 && !slot.timer.timer_set) {
+            // An RPUSH for the key is out: gather behind it until its reply
+            // comes, or the delay passes (then pipelined behind it).
             ngx_add_timer(&slot.timer, slot.delay);
         }
         return true;

@@ -10,6 +10,7 @@ use Test::Nginx::Recording;
 use Test::Nginx::Recording::Load;
 use Test::More;
 use Time::HiRes qw(time sleep);
+use IO::Socket::INET ();
 
 sub raw_post {
     my ($site, $body) = @_;
@@ -53,64 +54,117 @@ sub fresh {
     redis_cmd('CONFIG', 'RESETSTAT');
 }
 
+# Requests sent without waiting for their answers, and the answers later.
+sub send_async {
+    return map {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => server_port(), Proto => 'tcp')
+            or die "connect: $@";
+        print $s raw_post(1, $_);
+        $s;
+    } @_;
+}
+
+sub answers {
+    my @statuses;
+    for my $s (@_) {
+        local $/;
+        my $raw = <$s>;
+        push @statuses, status_of($raw) // 'none';
+        close $s;
+    }
+    return join ' ', @statuses;
+}
+
+# Redis holds writes for $ms: the first RPUSH stays in flight, and what
+# comes behind it gathers.
+sub hold_writes { redis_cmd('CLIENT', 'PAUSE', $_[0], 'WRITE') }
+
 # ---------------------------------------------------------------------------
-# 1. Sealed by count: 8 batches, 4 per RPUSH, long before the delay.
+# 1. A lone batch goes at once, whatever the delay: nothing is ahead of it.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'lone';
+    fresh("recording_batch_delay 2s;");
+    my $started = time;
+    my $res = http_request(method => 'POST', uri => '/v1/sites/1/recordings', body => load_batch('lone', 0));
+    my $took = time - $started;
+    is($res->{status}, 202, "$t: 202");
+    cmp_ok($took, '<', 0.5, "$t: at once, not after the 2 s delay (${took}s)");
+    is(rpush_calls(), 1, "$t: one RPUSH");
+    no_crash($t);
+}
+
+# ---------------------------------------------------------------------------
+# 2. Behind an RPUSH in flight, batches gather, sealed by count: eight
+#    batches, four per RPUSH, long before the delay.
 # ---------------------------------------------------------------------------
 {
     my $t = 'count';
-    fresh("recording_batch_elements 4; recording_batch_delay 2s;");
-    my ($statuses, $took) = burst(8, 'count');
-    is($statuses, '202 x8', "$t: all answered 202");
-    cmp_ok($took, '<', 1.5, "$t: sealed by the count, not the 2 s delay (${took}s)");
-    is(rpush_calls(), 2, "$t: two RPUSH for eight batches");
-    is(redis_cmd('LLEN', 'recording:queue:0'), 8, "$t: eight elements");
+    fresh("recording_batch_elements 4; recording_batch_delay 5s; recording_redis_read_timeout 5s;");
+    hold_writes(800);
+    my @first = send_async(load_batch('count-0', 0));
+    sleep 0.1;
+    my @rest = send_async(map { load_batch("count-$_", 0) } 1 .. 8);
+    my $started = time;
+    is(answers(@first, @rest), join(' ', ('202') x 9), "$t: all answered 202");
+    cmp_ok(time - $started, '<', 2, "$t: sealed by the count, not the 5 s delay");
+    is(rpush_calls(), 3, "$t: the first alone, then two RPUSH of four");
+    is(redis_cmd('LLEN', 'recording:queue:0'), 9, "$t: nine elements");
     no_crash($t);
 }
 
 # ---------------------------------------------------------------------------
-# 2. Sealed by the delay: a lone batch waits for it, then goes alone.
+# 3. Behind an RPUSH in flight, the delay bounds the wait: a batch goes at
+#    most recording_batch_delay after it came, pipelined behind the first.
 # ---------------------------------------------------------------------------
 {
     my $t = 'delay';
-    fresh("recording_batch_delay 300ms;");
-    my $started = time;
-    my $res = http_request(method => 'POST', uri => '/v1/sites/1/recordings', body => load_batch('delay-1', 0));
-    my $took = time - $started;
-    is($res->{status}, 202, "$t: 202");
-    cmp_ok($took, '>=', 0.28, "$t: answered after the delay (${took}s)");
-    cmp_ok($took, '<', 2, "$t: ... not much later");
-    is(rpush_calls(), 1, "$t: one RPUSH");
+    fresh("recording_batch_delay 300ms; recording_redis_read_timeout 5s;");
+    hold_writes(1200);
+    my @socks = send_async(load_batch('delay-0', 0));
+    sleep 0.05;
+    push @socks, send_async(load_batch('delay-1', 0));   # sealed at ~0.35 s
+    sleep 0.45;
+    push @socks, send_async(load_batch('delay-2', 0));   # sealed at ~0.8 s
+    is(answers(@socks), '202 202 202', "$t: all answered 202");
+    # Waiting for the first's reply instead (1.2 s) would have sent the two
+    # as one RPUSH.
+    is(rpush_calls(), 3, "$t: each sent when its delay passed, not with the reply");
+    my @seqs = map { /"session_id":"(delay-\d)"/ } @{ redis_cmd('LRANGE', 'recording:queue:0', 0, -1) };
+    is("@seqs", 'delay-0 delay-1 delay-2', "$t: in the order taken");
 
-    # Several within the delay share it.
+    # With no RPUSH ahead, batches taken together go together.
     my ($statuses) = burst(6, 'delay-burst');
     is($statuses, '202 x6', "$t: a burst: all 202");
-    cmp_ok(rpush_calls(), '<=', 2, "$t: the burst took one RPUSH (two at most if it straddled the delay)");
     no_crash($t);
 }
 
 # ---------------------------------------------------------------------------
-# 3. Sealed by size: batches of about 400 bytes, 1k per RPUSH.
+# 4. Sealed by size, behind an RPUSH in flight: batches of about 500 bytes,
+#    1k per RPUSH.
 # ---------------------------------------------------------------------------
 {
     my $t = 'size';
-    fresh("recording_batch_size 1k; recording_batch_delay 2s; recording_batch_elements 1000;");
+    fresh("recording_batch_size 1k; recording_batch_delay 5s; recording_batch_elements 1000; "
+          . "recording_redis_read_timeout 5s;");
     my $pad = 'x' x 300;
-    my ($statuses, $took) = burst(6, 'size', body => sub {
-        qq({"session_id":"size-$_[0]","seq":0,"events":[{"type":5,"timestamp":1,"data":{"tag":"$pad"}}]})
-    });
-    is($statuses, '202 x6', "$t: all answered 202");
-    cmp_ok($took, '<', 1.5, "$t: sealed by size, not the delay (${took}s)");
+    my $body = sub { qq({"session_id":"size-$_[0]","seq":0,"events":[{"type":5,"timestamp":1,"data":{"tag":"$pad"}}]}) };
+    hold_writes(800);
+    my @socks = send_async($body->(0));
+    sleep 0.1;
+    push @socks, send_async(map { $body->($_) } 1 .. 6);
+    is(answers(@socks), join(' ', ('202') x 7), "$t: all answered 202");
     # A batch is sealed once its elements, as RESP bulk strings, reach 1k.
     my $element = redis_cmd('LINDEX', 'recording:queue:0', 0);
     my $resp = length($element) + length(length $element) + 5;
     my $per_rpush = int((1024 + $resp - 1) / $resp);
-    my $expected = int((6 + $per_rpush - 1) / $per_rpush);
-    is(rpush_calls(), $expected, "$t: $per_rpush elements of $resp bytes per RPUSH: $expected RPUSH");
+    my $expected = 1 + int((6 + $per_rpush - 1) / $per_rpush);
+    is(rpush_calls(), $expected, "$t: the first alone, then $per_rpush elements of $resp bytes per RPUSH");
     no_crash($t);
 }
 
 # ---------------------------------------------------------------------------
-# 4. recording_batch_delay 0: what one pass of the event loop took.
+# 5. recording_batch_delay 0: what one pass of the event loop took.
 # ---------------------------------------------------------------------------
 {
     my $t = 'delay 0';
@@ -126,7 +180,7 @@ sub fresh {
 }
 
 # ---------------------------------------------------------------------------
-# 5. Several shards: one RPUSH per key, each element in its own shard.
+# 6. Several shards: one RPUSH per key, each element in its own shard.
 # ---------------------------------------------------------------------------
 {
     my $t = 'shards';
@@ -143,7 +197,7 @@ sub fresh {
 }
 
 # ---------------------------------------------------------------------------
-# 6. Concurrent recorders with the defaults: order kept per session, and far
+# 7. Concurrent recorders with the defaults: order kept per session, and far
 #    fewer RPUSH than batches.
 # ---------------------------------------------------------------------------
 {
@@ -161,7 +215,7 @@ sub fresh {
 }
 
 # ---------------------------------------------------------------------------
-# 7. Two workers: each batches on its own connection; nothing lost.
+# 8. Two workers: each batches on its own connection; nothing lost.
 # ---------------------------------------------------------------------------
 {
     my $t = 'two workers';
