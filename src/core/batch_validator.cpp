@@ -505,10 +505,22 @@ bool is_json_space(char c) noexcept
 
 // One parser and one padded buffer per thread (per nginx worker), reused:
 // both grow to the largest document seen, so that a request allocates
-// nothing once the worker has seen a large one.
+// nothing once the worker has seen one as large. Together they take about 15
+// bytes per byte of document (simdjson's tape is 8, its structural index 4),
+// so the memory of a document beyond kRetainedDocumentSize is given back
+// after it rather than kept for the worker's lifetime.
+constexpr size_t kRetainedDocumentSize = 2 * 1024 * 1024;
+
 class FastState {
 public:
     simdjson::dom::parser parser;
+
+    void release()
+    {
+        parser = simdjson::dom::parser();
+        buffer_.reset();
+        capacity_ = 0;
+    }
 
     // simdjson reads up to SIMDJSON_PADDING bytes past the document; the
     // caller's buffer may end right after it, so the document is copied
@@ -744,6 +756,16 @@ bool validate_batch_fast(std::string_view document, const ValidationLimits& limi
         return false;
     }
     FastState& state = fast_state();
+    struct Release {
+        FastState& state;
+        bool large;
+        ~Release()
+        {
+            if (large) {
+                state.release();
+            }
+        }
+    } release{state, document.size() > kRetainedDocumentSize};
     // The parser's own limit only needs to be high enough: is_plain applies
     // the reference's. It never shrinks, so locations with different limits
     // do not reallocate it in turn.
