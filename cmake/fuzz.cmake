@@ -31,7 +31,7 @@ add_library(recording_core_fuzz STATIC ${RECORDING_CORE_SOURCES})
 target_include_directories(recording_core_fuzz PUBLIC src/core)
 target_include_directories(recording_core_fuzz SYSTEM PRIVATE ${RAPIDJSON_INCLUDE_DIR})
 target_compile_options(recording_core_fuzz PRIVATE ${RECORDING_FUZZ_FLAGS} -fsanitize=fuzzer-no-link)
-target_link_libraries(recording_core_fuzz PUBLIC ZLIB::ZLIB PkgConfig::LIBDEFLATE)
+target_link_libraries(recording_core_fuzz PUBLIC ZLIB::ZLIB PkgConfig::LIBDEFLATE PkgConfig::SIMDJSON)
 
 foreach(target fuzz_decode fuzz_validate fuzz_enrich)
     add_executable(${target} t/fuzz/${target}.cpp)

@@ -33,6 +33,20 @@ struct ValidatedBatch {
 // order: JSON (strict RFC 8259, valid UTF-8, an object, no duplicate keys at
 // the top level or in an event, depth), session_id, seq, events. Nothing
 // outside `document` is read.
+//
+// Two validators give that answer. A simdjson DOM pass answers for the
+// common case, a valid batch without a client `_ingest`; every other
+// document (refused, carrying `_ingest`, or anything the simdjson pass is
+// not sure about) gets the RapidJSON validator's answer. Both are exposed
+// below for the differential tests; validate_batch is what callers use.
 ValidatedBatch validate_batch(std::string_view document, const ValidationLimits& limits);
+
+// The RapidJSON SAX validator: the reference answer for every document.
+ValidatedBatch validate_batch_reference(std::string_view document, const ValidationLimits& limits);
+
+// The simdjson pass alone. Returns true, with `out` set, only for a valid
+// batch whose answer it is sure matches validate_batch_reference's; returns
+// false ("ask the reference") otherwise, leaving `out` unspecified.
+bool validate_batch_fast(std::string_view document, const ValidationLimits& limits, ValidatedBatch& out);
 
 }  // namespace recording

@@ -15,7 +15,11 @@
 //     unique keys, depth, event count), checked on that DOM;
 //   - the removed range is empty exactly when the client sent `_ingest`;
 //   - lowering the limits never turns an invalid batch valid, nor changes
-//     the answer for a batch valid under both.
+//     the answer for a batch valid under both;
+//   - differential: under both sets of limits, validate_batch gives exactly
+//     the RapidJSON reference's answer (validate_batch_reference), and when
+//     the simdjson fast path answers on its own (validate_batch_fast), its
+//     answer is the reference's, field by field.
 
 #include <cstddef>
 #include <cstdint>
@@ -27,8 +31,31 @@
 
 using recording::Outcome;
 using recording::validate_batch;
+using recording::validate_batch_fast;
+using recording::validate_batch_reference;
 using recording::ValidatedBatch;
 using recording::ValidationLimits;
+
+namespace {
+
+bool same(const ValidatedBatch& a, const ValidatedBatch& b)
+{
+    return a.valid == b.valid && a.error == b.error && a.session_id == b.session_id &&
+           a.removed_begin == b.removed_begin && a.removed_end == b.removed_end && a.insert_at == b.insert_at;
+}
+
+void check_differential(std::string_view document, const ValidationLimits& limits, const ValidatedBatch& answer)
+{
+    ValidatedBatch reference = validate_batch_reference(document, limits);
+    FUZZ_CHECK(same(answer, reference), "validate_batch differs from the RapidJSON reference");
+    ValidatedBatch fast;
+    if (validate_batch_fast(document, limits, fast)) {
+        FUZZ_CHECK(reference.valid, "the simdjson path accepts what the reference refuses");
+        FUZZ_CHECK(same(fast, reference), "the simdjson path's answer differs from the reference's");
+    }
+}
+
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
 {
@@ -36,6 +63,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
 
     const ValidationLimits defaults;
     ValidatedBatch full = validate_batch(document, defaults);
+    check_differential(document, defaults, full);
     fuzz::check_answer(document, full);
     if (full.valid) {
         fuzz::check_valid_batch(document, full, defaults);
@@ -46,6 +74,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
     small.max_events = 1 + rng.upto(3);
     small.max_depth = 3 + static_cast<unsigned>(rng.upto(2));
     ValidatedBatch limited = validate_batch(document, small);
+    check_differential(document, small, limited);
     fuzz::check_answer(document, limited);
     if (limited.valid) {
         fuzz::check_valid_batch(document, limited, small);

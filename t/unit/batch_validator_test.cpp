@@ -16,7 +16,6 @@
 
 using recording::Outcome;
 using recording::outcome_name;
-using recording::validate_batch;
 using recording::ValidatedBatch;
 using recording::ValidationLimits;
 using recording_test::Batch;
@@ -25,10 +24,57 @@ using recording_test::events_array;
 
 namespace {
 
+bool same_answer(const ValidatedBatch& a, const ValidatedBatch& b)
+{
+    return a.valid == b.valid && a.error == b.error && a.session_id == b.session_id &&
+           a.removed_begin == b.removed_begin && a.removed_end == b.removed_end && a.insert_at == b.insert_at;
+}
+
+std::string describe(const ValidatedBatch& b)
+{
+    return (b.valid ? std::string("valid") : std::string(outcome_name(b.error))) + " session_id=" + b.session_id +
+           " removed=[" + std::to_string(b.removed_begin) + "," + std::to_string(b.removed_end) +
+           ") insert_at=" + std::to_string(b.insert_at);
+}
+
+// How many documents the simdjson path answered on its own.
+size_t fast_answers = 0;
+
+// Every document in this file is validated through here: besides the
+// answer, which the tests check, both paths must agree with each other
+// field by field. validate_batch must give the RapidJSON reference's answer,
+// and the simdjson path, when it answers alone, the same.
+ValidatedBatch checked_validate_batch(std::string_view document, const ValidationLimits& limits)
+{
+    ValidatedBatch answer = recording::validate_batch(document, limits);
+    ValidatedBatch reference = recording::validate_batch_reference(document, limits);
+    EXPECT_TRUE(same_answer(answer, reference))
+        << "validate_batch: " << describe(answer) << "\nreference:      " << describe(reference)
+        << "\ndocument: " << document.substr(0, 200);
+    ValidatedBatch fast;
+    if (recording::validate_batch_fast(document, limits, fast)) {
+        fast_answers++;
+        EXPECT_TRUE(reference.valid) << "the simdjson path accepts what the reference refuses: "
+                                     << document.substr(0, 200);
+        EXPECT_TRUE(same_answer(fast, reference))
+            << "simdjson:  " << describe(fast) << "\nreference: " << describe(reference)
+            << "\ndocument: " << document.substr(0, 200);
+    }
+    return answer;
+}
+
+// Whether the simdjson path answers `document` alone (true) or leaves it to
+// the reference (false).
+bool fast_answers_alone(std::string_view document, const ValidationLimits& limits = {})
+{
+    ValidatedBatch ignored;
+    return recording::validate_batch_fast(document, limits, ignored);
+}
+
 // "valid", or the name of the error: readable in failure messages.
 std::string verdict(const std::string& document, const ValidationLimits& limits = {})
 {
-    ValidatedBatch batch = validate_batch(document, limits);
+    ValidatedBatch batch = checked_validate_batch(document, limits);
     return batch.valid ? "valid" : std::string(outcome_name(batch.error));
 }
 
@@ -130,7 +176,7 @@ private:
 std::string guarded_verdict(std::string_view text)
 {
     GuardedDocument doc(text);
-    ValidatedBatch batch = validate_batch(doc.view(), {});
+    ValidatedBatch batch = checked_validate_batch(doc.view(), {});
     return batch.valid ? "valid" : std::string(outcome_name(batch.error));
 }
 
@@ -142,7 +188,7 @@ std::string guarded_verdict(std::string_view text)
 TEST(BatchValidator, MinimalBatchIsValid)
 {
     EXPECT_EQ(kValid, R"({"session_id":"abc","seq":0,"events":[{"type":2,"timestamp":1700000000000}]})");
-    ValidatedBatch batch = validate_batch(kValid, {});
+    ValidatedBatch batch = checked_validate_batch(kValid, {});
     EXPECT_TRUE(batch.valid);
     EXPECT_EQ(batch.session_id, "abc");
 }
@@ -449,7 +495,7 @@ TEST(BatchValidator, ValidPrefixOfALongerBufferIsJudgedByItsOwnSize)
     // Whatever lies after the view in the buffer is not part of it.
     std::string buffer = kValid + std::string(1, '\0') + "garbage";
     std::string_view view(buffer.data(), kValid.size());
-    EXPECT_TRUE(validate_batch(view, {}).valid);
+    EXPECT_TRUE(checked_validate_batch(view, {}).valid);
 }
 
 // ---------------------------------------------------------------------------
@@ -565,7 +611,7 @@ TEST(SessionId, SixtyFourCharactersAtMost)
 {
     EXPECT_EQ(verdict(with_session_id("\"a\"")), "valid");
     std::string sixty_four(64, 'x');
-    ValidatedBatch batch = validate_batch(with_session_id("\"" + sixty_four + "\""), {});
+    ValidatedBatch batch = checked_validate_batch(with_session_id("\"" + sixty_four + "\""), {});
     EXPECT_TRUE(batch.valid);
     EXPECT_EQ(batch.session_id, sixty_four);
     EXPECT_EQ(verdict(with_session_id("\"" + std::string(65, 'x') + "\"")), "invalid_session_id");
@@ -576,7 +622,7 @@ TEST(SessionId, AllAllowedCharacters)
 {
     std::string id = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
     ASSERT_EQ(id.size(), 64u);
-    ValidatedBatch batch = validate_batch(with_session_id("\"" + id + "\""), {});
+    ValidatedBatch batch = checked_validate_batch(with_session_id("\"" + id + "\""), {});
     EXPECT_TRUE(batch.valid);
     EXPECT_EQ(batch.session_id, id);
 }
@@ -592,17 +638,17 @@ TEST(SessionId, OtherCharactersAreInvalid)
 
 TEST(SessionId, CheckedAfterUnescaping)
 {
-    ValidatedBatch batch = validate_batch(with_session_id(R"("ab\u0063")"), {});
+    ValidatedBatch batch = checked_validate_batch(with_session_id(R"("ab\u0063")"), {});
     EXPECT_TRUE(batch.valid);
     EXPECT_EQ(batch.session_id, "abc");
 
-    batch = validate_batch(with_session_id(R"("\u0041\u005f\u002d9")"), {});
+    batch = checked_validate_batch(with_session_id(R"("\u0041\u005f\u002d9")"), {});
     EXPECT_TRUE(batch.valid);
     EXPECT_EQ(batch.session_id, "A_-9");
 
     // The length counts characters after unescaping.
     std::string sixty_four = "\"" + std::string(60, 'a') + R"(\u0062\u0062\u0062\u0062")";
-    batch = validate_batch(with_session_id(sixty_four), {});
+    batch = checked_validate_batch(with_session_id(sixty_four), {});
     EXPECT_TRUE(batch.valid);
     EXPECT_EQ(batch.session_id, std::string(60, 'a') + "bbbb");
     std::string sixty_five = "\"" + std::string(60, 'a') + R"(\u0062\u0062\u0062\u0062\u0062")";
@@ -946,13 +992,13 @@ TEST(Scale, ManyKeysMissingARequiredFieldAreStillJudged)
 
 TEST(Offsets, WithoutIngestNothingIsRemovedAndInsertIsAfterTheLastMember)
 {
-    ValidatedBatch batch = validate_batch(kValid, {});
+    ValidatedBatch batch = checked_validate_batch(kValid, {});
     ASSERT_TRUE(batch.valid);
     EXPECT_EQ(batch.removed_begin, batch.removed_end);
     EXPECT_EQ(batch.insert_at, kValid.size() - 1);  // the closing brace
 
     std::string spaced = kValid.substr(0, kValid.size() - 1) + " \n }\n";
-    batch = validate_batch(spaced, {});
+    batch = checked_validate_batch(spaced, {});
     ASSERT_TRUE(batch.valid);
     EXPECT_EQ(batch.removed_begin, batch.removed_end);
     EXPECT_EQ(batch.insert_at, kValid.size() - 1);
@@ -962,7 +1008,7 @@ TEST(Offsets, InsertAfterAScalarLastMember)
 {
     for (const char* last : {"\"x\"", "12", "-1.5e3", "true", "null", "\"\\u0041\\\"\"", "{}", "[]"}) {
         std::string doc = kValid.substr(0, kValid.size() - 1) + ",\"last\":" + last + "  }";
-        ValidatedBatch batch = validate_batch(doc, {});
+        ValidatedBatch batch = checked_validate_batch(doc, {});
         ASSERT_TRUE(batch.valid) << last;
         EXPECT_EQ(batch.insert_at, doc.size() - 3) << last;
         EXPECT_EQ(batch.removed_begin, batch.removed_end) << last;
@@ -972,7 +1018,7 @@ TEST(Offsets, InsertAfterAScalarLastMember)
 TEST(Offsets, IngestInTheMiddleIsRemovedWithTheCommaBeforeIt)
 {
     std::string doc = R"({"session_id":"abc", "_ingest" : {"a":1} ,"seq":0,"events":[{"type":2,"timestamp":1}]})";
-    ValidatedBatch batch = validate_batch(doc, {});
+    ValidatedBatch batch = checked_validate_batch(doc, {});
     ASSERT_TRUE(batch.valid);
     EXPECT_EQ(doc.substr(batch.removed_begin, batch.removed_end - batch.removed_begin),
               R"(, "_ingest" : {"a":1})");
@@ -982,7 +1028,7 @@ TEST(Offsets, IngestInTheMiddleIsRemovedWithTheCommaBeforeIt)
 TEST(Offsets, IngestFirstIsRemovedUpToTheNextKey)
 {
     std::string doc = R"({ "_ingest":{"a":1} , "session_id":"abc","seq":0,"events":[{"type":2,"timestamp":1}]})";
-    ValidatedBatch batch = validate_batch(doc, {});
+    ValidatedBatch batch = checked_validate_batch(doc, {});
     ASSERT_TRUE(batch.valid);
     EXPECT_EQ(doc.substr(batch.removed_begin, batch.removed_end - batch.removed_begin), R"("_ingest":{"a":1} , )");
     EXPECT_EQ(batch.insert_at, doc.size() - 1);
@@ -991,7 +1037,7 @@ TEST(Offsets, IngestFirstIsRemovedUpToTheNextKey)
 TEST(Offsets, IngestLastIsRemovedAndInsertIsBeforeIt)
 {
     std::string doc = R"({"session_id":"abc","seq":0,"events":[{"type":2,"timestamp":1}] ,"_ingest":{} })";
-    ValidatedBatch batch = validate_batch(doc, {});
+    ValidatedBatch batch = checked_validate_batch(doc, {});
     ASSERT_TRUE(batch.valid);
     EXPECT_EQ(doc.substr(batch.removed_begin, batch.removed_end - batch.removed_begin), R"( ,"_ingest":{})");
     EXPECT_EQ(batch.insert_at, doc.find("] ,") + 1);
@@ -1000,8 +1046,200 @@ TEST(Offsets, IngestLastIsRemovedAndInsertIsBeforeIt)
 TEST(Offsets, ScalarIngestAfterAScalarMember)
 {
     std::string doc = R"({"events":[{"type":2,"timestamp":1}],"session_id":"abc","_ingest":"x","seq":0})";
-    ValidatedBatch batch = validate_batch(doc, {});
+    ValidatedBatch batch = checked_validate_batch(doc, {});
     ASSERT_TRUE(batch.valid);
     EXPECT_EQ(doc.substr(batch.removed_begin, batch.removed_end - batch.removed_begin), R"(,"_ingest":"x")");
     EXPECT_EQ(batch.insert_at, doc.size() - 1);
+}
+
+// ---------------------------------------------------------------------------
+// The two paths: the simdjson DOM pass answers valid batches without a client
+// `_ingest`; anything it is unsure of goes to the RapidJSON reference. Every
+// document above was already compared through checked_validate_batch(); these pin
+// which path answers, and the answers, for the cases where the parsers could
+// disagree.
+
+TEST(FastPath, AnswersTheCommonValidBatch)
+{
+    EXPECT_TRUE(fast_answers_alone(kValid));
+    EXPECT_TRUE(fast_answers_alone(" \n" + kValid + " \r\n\t"));
+    EXPECT_TRUE(fast_answers_alone(with_extra(",\"page\":{\"a\":[1,2.5,\"x\",null,true]}")));
+    EXPECT_EQ(verdict(with_extra(",\"page\":{\"a\":[1,2.5,\"x\",null,true]}")), "valid");
+}
+
+TEST(FastPath, TheTestsAboveWentThroughBothPaths)
+{
+    // Guards against a fast path that never answers (which would pass every
+    // comparison); test order within this file puts the others first.
+    fast_answers_alone(kValid);
+    ValidatedBatch b = checked_validate_batch(kValid, {});
+    EXPECT_TRUE(b.valid);
+    EXPECT_GT(fast_answers, 0u);
+}
+
+TEST(FastPath, SessionIdIsUnescapedAsTheReferenceStoresIt)
+{
+    std::string doc = with_session_id(R"("a\u0062c\/")");
+    EXPECT_EQ(verdict(doc), "invalid_session_id");  // '/' is not allowed
+    doc = with_session_id(R"("a\u0062c-\u005F")");
+    EXPECT_TRUE(fast_answers_alone(doc));
+    ValidatedBatch b = checked_validate_batch(doc, {});
+    EXPECT_TRUE(b.valid);
+    EXPECT_EQ(b.session_id, "abc-_");
+}
+
+TEST(FastPath, ClientIngestGoesToTheReference)
+{
+    for (const std::string& doc :
+         {with_extra(",\"_ingest\":{\"x\":1}"), with_extra(",\"\\u005fingest\":1"),
+          std::string(R"({"_ingest":1,"session_id":"abc","seq":0,"events":[{"type":2,"timestamp":1}]})")}) {
+        EXPECT_FALSE(fast_answers_alone(doc)) << doc;
+        ValidatedBatch b = checked_validate_batch(doc, {});
+        EXPECT_TRUE(b.valid) << doc;
+        EXPECT_LT(b.removed_begin, b.removed_end) << doc;
+    }
+}
+
+TEST(FastPath, LoneSurrogatesAreRefusedByBoth)
+{
+    for (const char* raw : {"\\ud800", "\\udc00", "\\uDFFF", "\\ud800\\u0041", "\\ud800\\ud800", "x\\udbff"}) {
+        std::string doc = with_page_string(raw);
+        EXPECT_FALSE(fast_answers_alone(doc)) << doc;
+        EXPECT_EQ(verdict(doc), "invalid_json") << doc;
+    }
+    std::string key = with_extra(",\"\\udc00\":1");
+    EXPECT_FALSE(fast_answers_alone(key));
+    EXPECT_EQ(verdict(key), "invalid_json");
+    std::string pair = with_page_string("\\ud83d\\ude00");
+    EXPECT_TRUE(fast_answers_alone(pair));
+    EXPECT_EQ(verdict(pair), "valid");
+}
+
+TEST(FastPath, SeqWrittenAsADoubleGoesToTheReference)
+{
+    // Whole, but written as doubles: the reference judges them.
+    for (const char* seq : {"1.0", "1e0", "1E2", "-0.0", "0.0", "1e-400"}) {
+        EXPECT_FALSE(fast_answers_alone(with_seq(seq))) << seq;
+        EXPECT_EQ(verdict(with_seq(seq)), "valid") << seq;
+    }
+    EXPECT_EQ(verdict(with_seq("2.5")), "invalid_seq");
+    EXPECT_FALSE(fast_answers_alone(with_seq("5e-324")));
+    EXPECT_EQ(verdict(with_seq("5e-324")), "invalid_seq");  // the smallest subnormal, not zero
+    EXPECT_EQ(verdict(with_seq("1e400")), "invalid_json");
+    EXPECT_EQ(verdict(with_seq("0e400")), "invalid_json");
+    EXPECT_EQ(verdict(with_seq("-1")), "invalid_seq");
+    // Integers are exact in both parsers: the simdjson path answers.
+    for (const char* seq : {"0", "-0", "42", "9223372036854775807", "9223372036854775808", "18446744073709551615"}) {
+        EXPECT_TRUE(fast_answers_alone(with_seq(seq))) << seq;
+        EXPECT_EQ(verdict(with_seq(seq)), "valid") << seq;
+    }
+    // Beyond 64 bits simdjson refuses and RapidJSON reads a double.
+    EXPECT_FALSE(fast_answers_alone(with_seq("18446744073709551616")));
+    EXPECT_EQ(verdict(with_seq("18446744073709551616")), "valid");
+    EXPECT_EQ(verdict(with_seq("-9223372036854775809")), "invalid_seq");
+}
+
+TEST(FastPath, TypeWrittenAsADoubleGoesToTheReference)
+{
+    for (const char* type : {"6.0", "0e0", "2E0"}) {
+        EXPECT_FALSE(fast_answers_alone(with_event(type, "1"))) << type;
+        EXPECT_EQ(verdict(with_event(type, "1")), "valid") << type;
+    }
+    EXPECT_EQ(verdict(with_event("6.5", "1")), "invalid_events");
+    EXPECT_EQ(verdict(with_event("7", "1")), "invalid_events");
+    EXPECT_TRUE(fast_answers_alone(with_event("6", "1")));
+    EXPECT_TRUE(fast_answers_alone(with_event("0", "1")));
+}
+
+TEST(FastPath, DoublesThatCouldBeReadDifferentlyGoToTheReference)
+{
+    // RapidJSON refuses an exponent above 308 even on a zero, and may round a
+    // value close to DBL_MAX up to infinity; simdjson takes both.
+    for (const char* ts : {"0e400", "0.0e309", "-0E+999", "1.7976931348623157e308", "-1.7976931348623157e308",
+                           "1e300", "0.0", "-0.0"}) {
+        EXPECT_FALSE(fast_answers_alone(with_event("2", ts))) << ts;
+        EXPECT_FALSE(fast_answers_alone(with_extra(std::string(",\"x\":[") + ts + "]"))) << ts;
+        verdict(with_event("2", ts));  // compared with the reference inside
+        verdict(with_extra(std::string(",\"x\":[") + ts + "]"));
+    }
+    EXPECT_EQ(verdict(with_event("2", "0e400")), "invalid_json");
+    EXPECT_EQ(verdict(with_event("2", "1e400")), "invalid_json");
+    EXPECT_EQ(verdict(with_event("2", "0.0")), "valid");
+    // Ordinary doubles: the simdjson path answers.
+    for (const char* ts : {"1700000000000.5", "1e21", "-2.5e-300", "0.1", "1e-400"}) {
+        verdict(with_event("2", ts));
+    }
+    EXPECT_TRUE(fast_answers_alone(with_event("2", "1700000000000.5")));
+    EXPECT_TRUE(fast_answers_alone(with_event("2", "1e21")));
+}
+
+TEST(FastPath, RefusedDocumentsGoToTheReference)
+{
+    std::string nul = kValid;
+    nul.insert(nul.size() - 1, std::string("\0", 1));
+    std::string nul_after = kValid + std::string("\0", 1);
+    for (const std::string& doc :
+         {kValid + "x", kValid + "{}", nul, nul_after, std::string("[") + kValid + "]", std::string(""),
+          std::string("   "), with_extra(",\"seq\":1"), with_extra(",\"s\\u0065q\":1"),
+          with_events(R"([{"type":2,"timestamp":1,"t\u0079pe":2}])"), with_page_string("\xc0\xaf"),
+          with_page_string("\xed\xa0\x80"), with_session_id("\"\""), with_events("[]"),
+          with_events(R"([{"type":2}])")}) {
+        EXPECT_FALSE(fast_answers_alone(doc)) << doc;
+        EXPECT_FALSE(checked_validate_batch(doc, {}).valid) << doc;
+    }
+}
+
+TEST(FastPath, DepthExactlyAtTheLimitIsAnsweredByTheFastPath)
+{
+    EXPECT_TRUE(fast_answers_alone(with_extra(",\"x\":" + nested_arrays(127))));
+    EXPECT_TRUE(fast_answers_alone(with_extra(",\"x\":" + nested_objects(127))));
+    EXPECT_TRUE(fast_answers_alone(with_events("[{\"type\":2,\"timestamp\":1,\"data\":" + nested_objects(125) + "}]")));
+    EXPECT_FALSE(fast_answers_alone(with_extra(",\"x\":" + nested_arrays(128))));
+    EXPECT_FALSE(fast_answers_alone(with_extra(",\"x\":" + nested_objects(128))));
+    for (unsigned depth = 1; depth <= 6; depth++) {
+        ValidationLimits limits;
+        limits.max_depth = depth;
+        for (size_t levels = 0; levels <= 6; levels++) {
+            verdict(with_extra(",\"x\":" + nested_arrays(levels)), limits);
+            verdict(with_extra(",\"x\":" + nested_objects(levels)), limits);
+            verdict(with_events("[{\"type\":2,\"timestamp\":1,\"data\":" + nested_arrays(levels) + "}]"), limits);
+        }
+    }
+    // Alternating limits: the reused parser keeps its largest depth, the walk
+    // applies the limit asked for.
+    ValidationLimits deep;
+    deep.max_depth = 1000;
+    ValidationLimits shallow;
+    shallow.max_depth = 5;
+    EXPECT_EQ(verdict(with_extra(",\"x\":" + nested_arrays(999)), deep), "valid");
+    EXPECT_EQ(verdict(with_extra(",\"x\":" + nested_arrays(5)), shallow), "invalid_json");
+    EXPECT_EQ(verdict(with_extra(",\"x\":" + nested_arrays(4)), shallow), "valid");
+}
+
+TEST(FastPath, MaxEventsIsTheReferencesAnswer)
+{
+    ValidationLimits limits;
+    limits.max_events = 2;
+    EXPECT_TRUE(fast_answers_alone(with_events(events_array(2)), limits));
+    EXPECT_FALSE(fast_answers_alone(with_events(events_array(3)), limits));
+    EXPECT_EQ(verdict(with_events(events_array(3)), limits), "invalid_events");
+}
+
+TEST(FastPath, OffsetsMatchTheReferenceWhateverTheWhiteSpace)
+{
+    for (const std::string& doc :
+         {std::string(R"({"session_id":"abc","seq":0,"events":[{"type":2,"timestamp":1}]})"),
+          std::string(" {\n \"session_id\" : \"abc\" ,\n \"seq\" : 0 ,\n \"events\" : [ {\"type\":2,\"timestamp\":1} ] \n}\n\n"),
+          std::string(R"({"events":[{"type":2,"timestamp":1}],"seq":0,"session_id":"abc","z":"}"})"),
+          std::string(R"({"events":[{"type":2,"timestamp":1}],"seq":0,"session_id":"abc","z":{}	})")}) {
+        ASSERT_TRUE(fast_answers_alone(doc)) << doc;
+        ValidatedBatch b = checked_validate_batch(doc, {});
+        ASSERT_TRUE(b.valid) << doc;
+        EXPECT_EQ(b.removed_begin, 0u);
+        EXPECT_EQ(b.removed_end, 0u);
+        EXPECT_EQ(doc[b.insert_at - 1] == '}' || doc[b.insert_at - 1] == ']' || doc[b.insert_at - 1] == '"' ||
+                      doc[b.insert_at - 1] == '0',
+                  true)
+            << doc;
+    }
 }
