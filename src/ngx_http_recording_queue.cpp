@@ -66,6 +66,7 @@ std::vector<std::unique_ptr<Slot>> slots;
 std::vector<std::unique_ptr<Batch>> sealed;   // to be sent by the flush event
 std::vector<std::unique_ptr<Batch>> spares;   // reused, with their buffers
 constexpr size_t kMaxSpares = 16;
+constexpr size_t kMaxSpareSize = 512 * 1024;
 size_t held_bytes = 0;
 ngx_event_t flush_event;
 bool flush_event_ready = false;
@@ -98,8 +99,9 @@ void release(std::unique_ptr<Batch> batch) noexcept
     ngx_http_recording_count(&ngx_http_recording_stats_t::pending_bytes,
                              -static_cast<ngx_atomic_int_t>(batch->held));
     batch->waiters.clear();
-    // A spare keeps its buffer: a huge one is not worth keeping.
-    if (spares.size() < kMaxSpares && batch->held < 4 * 1024 * 1024) {
+    // A spare keeps its buffer, so only small ones are kept: at most
+    // kMaxSpares x kMaxSpareSize stay with a worker.
+    if (spares.size() < kMaxSpares && batch->held <= kMaxSpareSize) {
         try {
             spares.push_back(std::move(batch));
         } catch (const std::bad_alloc &) {
