@@ -329,11 +329,6 @@ bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::str
     }
 }
 
-size_t ngx_http_recording_queue_held() noexcept
-{
-    return held_bytes;
-}
-
 void ngx_http_recording_queue_exit() noexcept
 {
     for (auto &slot : slots) {

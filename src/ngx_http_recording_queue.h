@@ -16,8 +16,5 @@
 bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::string_view key,
     const recording::QueueElement &element, ngx_http_recording_waiter_t *waiter) noexcept;
 
-// Bytes this worker holds for Redis: gathered and in flight.
-size_t ngx_http_recording_queue_held() noexcept;
-
 // exit_process: frees what is left (by then every batch was answered).
 void ngx_http_recording_queue_exit() noexcept;
