@@ -185,6 +185,14 @@
           status = response.status;
           result = await outcomeOf(response);
         } catch (e) {
+          // A keepalive request of a page that is going away is the
+          // browser's to deliver: its promise fails with the page, not
+          // with the request. Sending it again would reach the server twice.
+          if (body.length <= KEEPALIVE_LIMIT && global.document.visibilityState === 'hidden') {
+            batch.inFlight = false;
+            batch.handedOver = true;
+            return;
+          }
           result = { verdict: 'retry', outcome: 'network_error' };
         }
         batch.inFlight = false;
