@@ -29,15 +29,11 @@ std::string queue_key(unsigned shard)
 
 std::string format_rpush(std::string_view key, const QueueElement& element)
 {
-    std::string out;
-    out.reserve(element.size() + key.size() + 48);
-    append_length(out, '*', 3);
-    append_bulk(out, "RPUSH");
-    append_bulk(out, key);
-    append_length(out, '$', element.size());
-    element.append_to(out);
-    out += "\r\n";
-    return out;
+    // One RESP encoder for RPUSH: the builder the queue uses, with one element.
+    RpushBuilder builder;
+    builder.reset(key);
+    builder.add(element);
+    return std::string(builder.command());
 }
 
 std::string site_key(std::string_view site_id)

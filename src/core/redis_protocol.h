@@ -13,7 +13,7 @@ class QueueElement;
 // recording:queue:<shard>
 std::string queue_key(unsigned shard);
 
-// RPUSH <key> <element>
+// RPUSH <key> <element>: one element, as RpushBuilder encodes it.
 std::string format_rpush(std::string_view key, const QueueElement& element);
 
 // RPUSH <key> <e1> ... <en>, built an element at a time as batches are
