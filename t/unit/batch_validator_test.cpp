@@ -925,9 +925,11 @@ TEST(Depth, AMillionLevelsIsInvalidJsonWithoutCrashing)
 // ---------------------------------------------------------------------------
 // Size
 
-// Linear, not quadratic: four times the keys may take about four times as
-// long, not sixteen. A ratio of the same machine's times, best of three,
-// so that neither its speed, nor a sanitizer, nor a busy neighbour decides.
+// Linear, not quadratic: sixteen times the keys may take about sixteen
+// times as long (somewhat more as the key set outgrows the caches), not 256
+// times. A ratio of the same machine's times, best of three, so that
+// neither its speed, nor a sanitizer, nor a busy neighbour decides. (At 4x
+// the keys, cache effects alone measured 9x, too close to quadratic's 16.)
 template <typename Check>
 double growth(Check check, int small, int large)
 {
@@ -961,8 +963,8 @@ TEST(Scale, ManyTopLevelKeysTakeLinearTime)
         EXPECT_EQ(verdict(with_extra(extra)), "valid");
         EXPECT_EQ(verdict(with_extra(extra + ",\"k" + std::to_string(keys - 1) + "\":1")), "invalid_json");
         EXPECT_EQ(verdict(with_extra(extra + ",\"k0\":1")), "invalid_json");
-    }, 50000, 200000);
-    EXPECT_LT(ratio, 9.0);  // linear: about 4; quadratic: about 16
+    }, 25000, 400000);
+    EXPECT_LT(ratio, 64.0);  // linear: about 16 (more with cache misses); quadratic: about 256
 }
 
 TEST(Scale, ManyKeysInOneEventTakeLinearTime)
@@ -971,8 +973,8 @@ TEST(Scale, ManyKeysInOneEventTakeLinearTime)
         std::string ev = R"({"type":2,"timestamp":1)" + numbered_keys(keys);
         EXPECT_EQ(verdict(with_events("[" + ev + "}]")), "valid");
         EXPECT_EQ(verdict(with_events("[" + ev + ",\"k7\":0}]")), "invalid_json");
-    }, 50000, 200000);
-    EXPECT_LT(ratio, 9.0);
+    }, 25000, 400000);
+    EXPECT_LT(ratio, 64.0);
 }
 
 TEST(Scale, ManyKeysMissingARequiredFieldAreStillJudged)
