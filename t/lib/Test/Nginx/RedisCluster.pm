@@ -294,16 +294,23 @@ sub masters {
     return grep { !$seen{$_}++ } map { $_->[2] } @{ $self->slot_map };
 }
 
+# The port of a live replica of the master on $port. Right after the
+# cluster forms, a node may not list the replica yet: asked again for up to
+# five seconds.
 sub replica_of {
     my ($self, $port) = @_;
     my $id = $self->node_id($port);
-    for my $line (split /\n/, _ok($self->call($self->_any_live, 'CLUSTER', 'NODES'))) {
-        my ($addr, $flags, $master) = (split ' ', $line)[1, 2, 3];
-        next unless $flags =~ /\bslave\b/ && $flags !~ /\bfail\b/ && $master eq $id;
-        my ($p) = $addr =~ /:(\d+)@/;
-        return $p;
+    my $deadline = time + 5;
+    while (1) {
+        for my $line (split /\n/, _ok($self->call($self->_any_live, 'CLUSTER', 'NODES'))) {
+            my ($addr, $flags, $master) = (split ' ', $line)[1, 2, 3];
+            next unless $flags =~ /\bslave\b/ && $flags !~ /\bfail\b/ && $master eq $id;
+            my ($p) = $addr =~ /:(\d+)@/;
+            return $p;
+        }
+        return undef if time >= $deadline;
+        sleep 0.1;
     }
-    return undef;
 }
 
 # The command on the owner of its key, following redirections.
