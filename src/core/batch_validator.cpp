@@ -25,6 +25,9 @@ namespace recording {
 
 namespace {
 
+// What key_check_steps() reports: added to once per validation.
+thread_local size_t key_check_steps_total = 0;
+
 // RapidJSON's input: the document's bytes and nothing after them. (Its own
 // StringStream reads up to a NUL, and 1.1.0's UTF-8 validation takes the
 // continuation bytes of a truncated sequence without looking for one.)
@@ -114,14 +117,18 @@ bool has_lone_surrogate(const char* s, size_t n) noexcept
 
 // The keys of one object, to refuse duplicates. Objects are small in
 // practice; a large one switches to hashing so that a body of a million keys
-// costs linear time.
+// costs linear time. The work it does (keys compared, buckets walked, nodes
+// moved) is added to `steps`, so that tests can bound it by counting.
 class KeySet {
 public:
+    explicit KeySet(size_t& steps) noexcept : steps_(steps) {}
+
     void clear()
     {
         few_.clear();
         // clear() walks every bucket, however few keys are left: after one
         // huge object, each of the next objects would pay for it.
+        steps_ += many_.bucket_count();
         if (many_.bucket_count() > kFew * 4) {
             many_ = std::unordered_set<std::string>();
         } else {
@@ -133,9 +140,10 @@ public:
     bool insert(std::string_view key)
     {
         if (!many_.empty()) {
-            return many_.emplace(key).second;
+            return insert_hashed(key);
         }
         for (const auto& seen : few_) {
+            steps_++;
             if (seen == key) {
                 return false;
             }
@@ -144,13 +152,28 @@ public:
             few_.emplace_back(key);
             return true;
         }
+        steps_ += few_.size();
         many_.insert(few_.begin(), few_.end());
         few_.clear();
-        return many_.emplace(key).second;
+        return insert_hashed(key);
     }
 
 private:
+    bool insert_hashed(std::string_view key)
+    {
+        // The keys the lookup compares with, and a rehash's moves.
+        std::string owned(key);
+        size_t buckets = many_.bucket_count();
+        steps_ += 1 + many_.bucket_size(many_.bucket(owned));
+        bool inserted = many_.insert(std::move(owned)).second;
+        if (many_.bucket_count() != buckets) {
+            steps_ += many_.size() + many_.bucket_count();
+        }
+        return inserted;
+    }
+
     static constexpr size_t kFew = 16;
+    size_t& steps_;
     std::vector<std::string> few_;
     std::unordered_set<std::string> many_;
 };
@@ -260,6 +283,8 @@ public:
     bool EndArray(rapidjson::SizeType) { return end_container(); }
 
     // The verdict on a document RapidJSON accepted as a whole.
+    size_t key_steps() const noexcept { return key_steps_; }
+
     void conclude()
     {
         result_.valid = false;
@@ -412,7 +437,8 @@ private:
 
     unsigned depth_ = 0;
 
-    KeySet top_keys_;
+    size_t key_steps_ = 0;  // before the key sets, which count into it
+    KeySet top_keys_{key_steps_};
     TopKey top_key_ = TopKey::other;
     static constexpr size_t kNoIngest = static_cast<size_t>(-1);
     size_t member_count_ = 0;
@@ -431,7 +457,7 @@ private:
     size_t event_count_ = 0;
 
     bool in_event_ = false;
-    KeySet event_keys_;
+    KeySet event_keys_{key_steps_};
     EventKey event_key_ = EventKey::other;
     bool type_ok_ = false;
     bool timestamp_ok_ = false;
@@ -448,6 +474,7 @@ ValidatedBatch validate_batch_reference(std::string_view document, const Validat
 
     constexpr unsigned kFlags = rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag;
     bool parsed = !reader.Parse<kFlags>(stream, handler).IsError();
+    key_check_steps_total += handler.key_steps();
 
     // RapidJSON takes a NUL byte for the end; anything after one is not JSON.
     if (!parsed || stream.Tell() != document.size()) {
@@ -554,8 +581,13 @@ FastState& fast_state()
 // hash table of views, which (unlike a node-based set) allocates nothing per
 // key: a body of a million distinct keys is checked in about a tenth of the
 // time std::unordered_set takes.
+//
+// Like KeySet, it adds its work (keys compared, slots probed or cleared) to
+// `steps`.
 class KeyViews {
 public:
+    explicit KeyViews(size_t& steps) noexcept : steps_(steps) {}
+
     // Returns false when the key was there already.
     bool insert(std::string_view key)
     {
@@ -563,6 +595,7 @@ public:
             return insert_hashed(key);
         }
         for (size_t i = 0; i < count_; i++) {
+            steps_++;
             if (few_[i] == key) {
                 return false;
             }
@@ -588,6 +621,7 @@ private:
         }
         size_t mask = table_.size() - 1;
         for (size_t i = std::hash<std::string_view>()(key) & mask;; i = (i + 1) & mask) {
+            steps_++;
             Slot& slot = table_[i];
             if (slot.data == nullptr) {
                 slot = Slot{key.data(), key.size()};
@@ -607,11 +641,14 @@ private:
         std::vector<Slot> old;
         old.swap(table_);
         table_.assign(old.empty() ? 64 : old.size() * 2, Slot());
+        steps_ += table_.size();
         size_t mask = table_.size() - 1;
         auto place = [&](std::string_view key) {
             size_t i = std::hash<std::string_view>()(key) & mask;
+            steps_++;
             while (table_[i].data != nullptr) {
                 i = (i + 1) & mask;
+                steps_++;
             }
             table_[i] = Slot{key.data(), key.size()};
         };
@@ -628,6 +665,7 @@ private:
         }
     }
 
+    size_t& steps_;
     std::array<std::string_view, 16> few_;
     size_t count_ = 0;
     std::vector<Slot> table_;
@@ -713,7 +751,7 @@ bool is_sure_timestamp(element value)
 // The events array, a top-level member's value (level 2): 1..max_events
 // objects (level 3), each with one integer type 0..6 and one numeric
 // timestamp, no duplicate keys, and plain members (level 4).
-bool are_sure_events(element value, const ValidationLimits& limits)
+bool are_sure_events(element value, const ValidationLimits& limits, size_t& key_steps)
 {
     simdjson::dom::array events;
     if (value.get_array().get(events) != simdjson::SUCCESS || limits.max_depth < kEventsLevel) {
@@ -726,7 +764,7 @@ bool are_sure_events(element value, const ValidationLimits& limits)
             limits.max_depth < kEventLevel) {
             return false;
         }
-        KeyViews keys;
+        KeyViews keys(key_steps);
         bool type_ok = false;
         bool timestamp_ok = false;
         for (simdjson::dom::key_value_pair field : event) {
@@ -784,7 +822,12 @@ bool validate_batch_fast(std::string_view document, const ValidationLimits& limi
         return false;
     }
 
-    KeyViews keys;
+    // Counted on every way out, refusals included.
+    struct CountKeySteps {
+        size_t steps = 0;
+        ~CountKeySteps() { key_check_steps_total += steps; }
+    } counted;
+    KeyViews keys(counted.steps);
     std::string_view session_id;
     bool session_id_ok = false;
     bool seq_ok = false;
@@ -802,7 +845,7 @@ bool validate_batch_fast(std::string_view document, const ValidationLimits& limi
             seq_ok = is_sure_seq(field.value);
             break;
         case TopKey::events:
-            events_ok = are_sure_events(field.value, limits);
+            events_ok = are_sure_events(field.value, limits, counted.steps);
             break;
         case TopKey::ingest:
             return false;
@@ -831,6 +874,11 @@ bool validate_batch_fast(std::string_view document, const ValidationLimits& limi
     out.session_id.assign(session_id);
     out.insert_at = end_before(document, brace);
     return true;
+}
+
+size_t key_check_steps() noexcept
+{
+    return key_check_steps_total;
 }
 
 ValidatedBatch validate_batch(std::string_view document, const ValidationLimits& limits)

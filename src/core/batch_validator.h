@@ -49,4 +49,10 @@ ValidatedBatch validate_batch_reference(std::string_view document, const Validat
 // false ("ask the reference") otherwise, leaving `out` unspecified.
 bool validate_batch_fast(std::string_view document, const ValidationLimits& limits, ValidatedBatch& out);
 
+// The work this thread's validations have done so far to refuse duplicate
+// keys: keys compared, hash slots probed, buckets walked, entries moved by a
+// rehash. A count, not a time, so that a test can bound the validators'
+// growth on any machine (linear in the keys, not quadratic).
+size_t key_check_steps() noexcept;
+
 }  // namespace recording
