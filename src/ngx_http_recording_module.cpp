@@ -588,6 +588,12 @@ ngx_http_recording_main_conf_t *cycle_main_conf(ngx_cycle_t *cycle) noexcept
         ngx_http_cycle_get_module_main_conf(cycle, ngx_http_recording_module));
 }
 
+ngx_int_t init_module(ngx_cycle_t *cycle) noexcept
+{
+    ngx_http_recording_main_conf_t *rmcf = cycle_main_conf(cycle);
+    return rmcf != nullptr ? ngx_http_recording_spool_init_module(cycle, rmcf) : NGX_OK;
+}
+
 ngx_int_t init_process(ngx_cycle_t *cycle) noexcept
 {
     ngx_http_recording_main_conf_t *rmcf = cycle_main_conf(cycle);
@@ -665,7 +671,7 @@ ngx_module_t ngx_http_recording_module = {
     commands,           // module directives
     NGX_HTTP_MODULE,    // module type
     nullptr,            // init master
-    nullptr,            // init module
+    init_module,        // init module
     init_process,       // init process
     nullptr,            // init thread
     nullptr,            // exit thread

@@ -20,8 +20,16 @@ bool ngx_http_recording_spool_holds_records() noexcept;
 bool ngx_http_recording_spool_write(ngx_http_recording_redis_server_t *server, std::string_view key,
     uint32_t elements, std::string_view command) noexcept;
 
-// Checks the directory when the configuration is read.
+// When the configuration is read: refuses a directory that no start could
+// make usable, and makes it one of nginx's paths (created at start and given
+// to the worker user).
 char *ngx_http_recording_spool_check(ngx_conf_t *cf, ngx_http_recording_main_conf_t *rmcf) noexcept;
+
+// init_module (the master, and `nginx -t`), once nginx made its paths: the
+// files a previous run left go to the worker user, then the spool is tried
+// as that user. NGX_ERROR at the first start when it cannot take a batch.
+ngx_int_t ngx_http_recording_spool_init_module(ngx_cycle_t *cycle,
+    ngx_http_recording_main_conf_t *rmcf) noexcept;
 
 // init_process: starts looking for records to replay; exit_process: stops
 // and closes the files (their locks go with them).

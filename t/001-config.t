@@ -330,12 +330,12 @@ invalid number of arguments in "recording_status" directive
 
 
 
-=== TEST 29: the spool directory must exist
+=== TEST 29: the spool directory's parent must exist (nginx makes only the directory)
 --- http_config
-    recording_spool $TEST_NGINX_SERVROOT/no-such-dir;
+    recording_spool $TEST_NGINX_SERVROOT/no-such-dir/spool;
 --- must_die
 --- error_log eval
-qr{"recording_spool" directory "[^"]*/no-such-dir" cannot be used \(2: No such file or directory\)}
+qr{"recording_spool" "[^"]*/no-such-dir/spool" cannot be created: its parent "[^"]*/no-such-dir" is not a directory that nginx can enter \(2: No such file or directory\)}
 
 
 

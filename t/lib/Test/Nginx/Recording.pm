@@ -113,7 +113,7 @@ use IO::Compress::Gzip ();
 
 our @EXPORT = qw(
     run_tests planned_tests repeat_each add_block_preprocessor
-    start_nginx stop_nginx reload_nginx http_request error_log_text
+    start_nginx stop_nginx reload_nginx nginx_test http_request error_log_text
     servroot server_port html_dir
     redis_cmd redis_cmd_raw redis_port redis_start redis_stop redis_restart redis_kill
     gzip_bytes deflate_bytes raw_deflate_bytes
@@ -158,12 +158,18 @@ my $STOP_TIMEOUT  = 5  * ($USE_VALGRIND ? 6 : 1);    # graceful stop (SIGQUIT)
 my $TIME_FACTOR   = $USE_VALGRIND ? 5 : 1;           # request timeouts
 our $REDIS_TIMEOUT = 10;  # seconds for one redis round trip
 
+# The worker user when the tests run as root, as Debian's nginx would have
+# it ("nobody" is nginx's own default): never root.
+our $WORKER_USER = 'nobody ' . (getgrnam('nogroup') ? 'nogroup' : 'nobody');
 my $OWNER_PID = $$;       # only this process cleans up in END
 my ($SERVER_PORT, $REDIS_PORT) = _free_ports(2);
 my $SERVROOT = File::Temp::tempdir('nginx-recording-XXXXXX',
                                    TMPDIR => 1, CLEANUP => 0);
 make_path(map { "$SERVROOT/$_" } qw(conf logs html redis client_body_temp
           proxy_temp fastcgi_temp uwsgi_temp scgi_temp));
+# Workers run as nobody when the tests run as root: they must reach the
+# server root (tempdir makes it 0700) to serve its files.
+chmod 0755, $SERVROOT, "$SERVROOT/html";
 
 $ENV{TEST_NGINX_SERVER_PORT} = $SERVER_PORT;
 $ENV{TEST_NGINX_REDIS_PORT}  = $REDIS_PORT;
@@ -575,7 +581,9 @@ sub _write_config {
     # Load tests ask for less than debug: its volume would be the test.
     $conf .= "error_log logs/error.log " . ($sec{error_log_level} // 'debug') . ";\n";
     $conf .= "pid logs/nginx.pid;\n";
-    $conf .= "user root root;\n"      # workers must read root's temp files
+    # As a package runs it: a master as root, workers as an unprivileged
+    # user (what they write, the spool above all, must work as that user).
+    $conf .= "user $WORKER_USER;\n"
         if $> == 0 && $main !~ /^\s*user\b/m;
     $conf .= "$main\n";
     $conf .= "events { worker_connections 1024; }\n";
@@ -701,6 +709,16 @@ sub _nginx_test_config {
         $st = -1;
     }
     return ($st, _slurp($out));
+}
+
+# `nginx -t` with the given sections (as start_nginx takes them); returns
+# its exit code (-1: it hung) and its output.
+sub nginx_test {
+    my (%sec) = @_;
+    _check_module();
+    _write_config(%sec);
+    my ($st, $out) = _nginx_test_config();
+    return ($st == -1 ? -1 : $st >> 8, $out);
 }
 
 # --------------------------------------------------------------------------
