@@ -419,6 +419,7 @@ void ClusterRoute::answer(ClusterCommand *cmd, const redisReply *reply) noexcept
 {
     in_flight_--;
     RedisCall *caller = cmd->caller;
+    caller->unconfirmed = reply == nullptr && cmd->unconfirmed;
     bool waited = cmd->waited;
     bool ok = reply != nullptr && reply->type != REDIS_REPLY_ERROR;
     if (ok && cmd->redirects != 0) {

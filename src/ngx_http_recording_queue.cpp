@@ -120,14 +120,18 @@ void answer(std::unique_ptr<Batch> batch, recording::Outcome outcome, uint64_t r
     }
 }
 
-// The batch did not reach Redis: to the spool, or 503.
-void fall_back(std::unique_ptr<Batch> batch) noexcept
+// The batch did not reach Redis, or its RPUSH went out unanswered
+// (`unconfirmed`: Redis may have it): to the spool, or 503.
+void fall_back(std::unique_ptr<Batch> batch, bool unconfirmed = false) noexcept
 {
+    auto elements = static_cast<uint32_t>(batch->command.elements());
     if (ngx_http_recording_spool_enabled()
-        && ngx_http_recording_spool_write(batch->server, batch->key,
-                                          static_cast<uint32_t>(batch->command.elements()),
-                                          batch->command.command()))
+        && ngx_http_recording_spool_write(batch->server, batch->key, elements, batch->command.command()))
     {
+        if (unconfirmed) {
+            // Replaying it may queue it twice: at least once, not exactly.
+            ngx_http_recording_count(&ngx_http_recording_stats_t::resent_elements, elements);
+        }
         answer(std::move(batch), recording::Outcome::queued, 0);
         return;
     }
@@ -155,7 +159,7 @@ public:
                                      static_cast<ngx_atomic_int_t>(elements));
             answer(std::move(batch), recording::Outcome::queued, round_trip);
         } else {
-            fall_back(std::move(batch));
+            fall_back(std::move(batch), reply == nullptr && unconfirmed);
         }
         delete this;
         // What gathered behind this RPUSH goes now.

@@ -261,6 +261,7 @@ void RedisClient::on_reply(redisAsyncContext *ac, void *reply, void *privdata) n
         ngx_del_timer(&self->reply_timer_);
     }
     self->note_reply(static_cast<const redisReply *>(reply));
+    call->unconfirmed = reply == nullptr && self->connected_;
     call->on_reply(static_cast<const redisReply *>(reply));
 }
 
@@ -487,6 +488,7 @@ void RedisClient::release_connection() noexcept
     held.swap(held_);
     for (HeldCommand &h : held) {
         note_reply(nullptr);
+        h.call->unconfirmed = false;
         h.call->on_reply(nullptr);
     }
 }

@@ -24,6 +24,10 @@ public:
     virtual void on_reply(const redisReply *reply) noexcept = 0;
 
     ngx_msec_t deadline = 0;
+    // Set with a null reply when the command went out on an established
+    // connection: Redis may have run it, and sending it again may run it
+    // twice. False: it never left the worker.
+    bool unconfirmed = false;
 };
 
 struct RedisTimeouts {

@@ -340,6 +340,10 @@ public:
                     sent.state = ok ? Replay::State::taken : Replay::State::refused;
                     if (ok) {
                         ngx_http_recording_count(&ngx_http_recording_stats_t::replayed_elements, sent.elements);
+                    } else if (reply == nullptr && unconfirmed) {
+                        // Sent again from the acknowledged offset: Redis
+                        // may hold it twice then.
+                        ngx_http_recording_count(&ngx_http_recording_stats_t::resent_elements, sent.elements);
                     }
                     break;
                 }

@@ -47,6 +47,7 @@ recording::MetricsSnapshot snapshot(const ngx_http_recording_stats_t &s,
     m.push_duration_sum_us = load(s.push_duration_sum_us);
     m.spooled_elements = load(s.spooled_elements);
     m.replayed_elements = load(s.replayed_elements);
+    m.resent_elements = load(s.resent_elements);
     m.spool_full_refusals = load(s.spool_full_refusals);
     m.spool_write_failures = load(s.spool_write_failures);
     m.spool_bytes = load(s.spool_bytes);

@@ -30,6 +30,7 @@ struct ngx_http_recording_stats_t {
     ngx_atomic_t  pending_limit_refusals;
     ngx_atomic_t  spooled_elements;
     ngx_atomic_t  replayed_elements;
+    ngx_atomic_t  resent_elements;
     ngx_atomic_t  spool_full_refusals;
     ngx_atomic_t  spool_write_failures;
     ngx_atomic_t  spool_bytes;   // as last seen by a worker

@@ -136,7 +136,7 @@ sub prometheus_twins {
             for my $f (keys %$v) {
                 if ($f eq 'bytes' || $f eq 'files') {   # gauges
                     $p{"${P}spool_$f"} = $v->{$f};
-                } elsif ($f =~ /^(?:spooled_elements|replayed_elements|full_refusals|write_failures)$/) {
+                } elsif ($f =~ /^(?:spooled_elements|replayed_elements|resent_elements|full_refusals|write_failures)$/) {
                     $p{"${P}spool_${f}_total"} = $v->{$f};
                 } else {
                     push @unknown, "spool.$f";
@@ -418,7 +418,7 @@ X
     is($j->{site_cache}{entries}, $exp{entries}, "$t: site_cache.entries (sites 1-4)");
     is($j->{pending_bytes}, 0, "$t: pending_bytes: nothing held once every batch was answered");
     is($j->{pending_limit_refusals}, 0, "$t: pending_limit_refusals: the bound (64m) was never reached");
-    is_deeply($j->{spool}, { map { $_ => 0 } qw(spooled_elements replayed_elements full_refusals
+    is_deeply($j->{spool}, { map { $_ => 0 } qw(spooled_elements replayed_elements resent_elements full_refusals
                                                 write_failures bytes files) },
               "$t: spool: every figure 0 without recording_spool");
 
@@ -447,7 +447,7 @@ X
     is($types->{"${P}spool_bytes"}, 'gauge', "$t: spool bytes is a gauge");
     is($types->{"${P}spool_files"}, 'gauge', "$t: spool files is a gauge");
     is($types->{"${P}$_"}, 'counter', "$t: $_ is a counter")
-        for qw(pending_limit_refusals_total spool_spooled_elements_total spool_replayed_elements_total
+        for qw(pending_limit_refusals_total spool_spooled_elements_total spool_replayed_elements_total spool_resent_elements_total
                spool_full_refusals_total spool_write_failures_total);
     my @le = ($prom->{body} // '') =~ /^\Q${P}\Eredis_push_duration_seconds_bucket\{le="([^"]+)"\}/mg;
     is("@le", "@LE", "$t: buckets in order, +Inf last");
@@ -915,7 +915,7 @@ X
     is($s->{pending_bytes}, 0, "$t: A answered: pending_bytes back to 0");
     is($s->{redis}{inflight_elements}, 0, "$t: ... nothing in flight");
     is($s->{pending_limit_refusals}, 1, "$t: pending_limit_refusals stays 1");
-    is_deeply($s->{spool}, { map { $_ => 0 } qw(spooled_elements replayed_elements full_refusals
+    is_deeply($s->{spool}, { map { $_ => 0 } qw(spooled_elements replayed_elements resent_elements full_refusals
                                                 write_failures bytes files) },
               "$t: spool: every figure 0 without recording_spool");
     no_crash($t);
@@ -959,7 +959,7 @@ CONF
             $bytes += -s $_ for @files;
             return (scalar @files, $bytes);
         };
-        my $zeros = { map { $_ => 0 } qw(spooled_elements replayed_elements full_refusals write_failures bytes files) };
+        my $zeros = { map { $_ => 0 } qw(spooled_elements replayed_elements resent_elements full_refusals write_failures bytes files) };
 
         is($answer->($post->(batch_json('spool-0'))), '202 {"status":"queued"}', "$t: Redis up: 202");
         is_deeply(status_json()->{spool}, $zeros, "$t: Redis up: nothing spooled");

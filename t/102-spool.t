@@ -13,6 +13,8 @@ use Time::HiRes qw(time sleep);
 use File::Path qw(make_path remove_tree);
 use Compress::Zlib ();
 use JSON::PP ();
+use IO::Select ();
+use IO::Socket::INET ();
 
 my $SPOOL = servroot() . '/spool';
 
@@ -329,6 +331,83 @@ sub spool_with {
     redis_start();
     enable_site();
     ok(replayed(5), "$t: replayed");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+}
+
+# ---------------------------------------------------------------------------
+# 9. At least once: Redis runs an RPUSH but its reply is lost (the
+#    connection drops first). The batch is spooled and replayed, so Redis
+#    holds it twice, the same element with the same request_id, and
+#    spool.resent_elements counts it. A proxy in front of Redis drops the
+#    connection instead of passing on the first reply after $LOSE appears.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'lost reply';
+    my $LOSE = servroot() . '/lose-next-reply';
+    unlink $LOSE;
+    my $redis_port = redis_port();
+    my ($port) = start_server(sub {
+        my ($listener, $alive) = @_;
+        my $sel = IO::Select->new($listener);
+        my (%peer, %from_redis);
+        my $drop = sub {
+            my ($fh) = @_;
+            my $other = $peer{fileno $fh};
+            for my $s (grep { defined } $fh, $other) {
+                delete $peer{fileno $s};
+                delete $from_redis{fileno $s};
+                $sel->remove($s);
+                close $s;
+            }
+        };
+        while ($alive->()) {
+            for my $fh ($sel->can_read(0.1)) {
+                if ($fh == $listener) {
+                    my $client = $listener->accept or next;
+                    my $redis = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $redis_port,
+                                                      Proto => 'tcp') or do { close $client; next };
+                    $peer{fileno $client} = $redis;
+                    $peer{fileno $redis} = $client;
+                    $from_redis{fileno $redis} = 1;
+                    $sel->add($client, $redis);
+                    next;
+                }
+                my $n = sysread($fh, my $buf, 65536);
+                if (!$n || ($from_redis{fileno $fh} && unlink $LOSE)) {
+                    $drop->($fh);
+                    next;
+                }
+                syswrite($peer{fileno $fh}, $buf);
+            }
+        }
+    });
+    fresh_spool();
+    redis_cmd('FLUSHALL');
+    enable_site();
+    start_nginx(error_log_level => 'info', no_default_redis => 1,
+                http_config => "recording_spool $SPOOL;\n",
+                config => "location = /status { recording_status; }\n"
+                        . ingest_location("recording_redis 127.0.0.1:$port; recording_redis_read_timeout 5s;"));
+    is(post_batch('warm', 0)->{status}, 202, "$t: through the proxy: 202 (site cached)");
+    redis_cmd('DEL', 'recording:queue:0');
+    is(status_json()->{spool}{resent_elements}, 0, "$t: nothing resent yet");
+
+    open my $fh, '>', $LOSE or die "$LOSE: $!";
+    close $fh;
+    is(post_batch('twice', 0)->{status}, 202, "$t: reply lost: 202 from the spool");
+    ok(!-e $LOSE, "$t: ... the proxy did drop the reply");
+    ok(replayed(2), "$t: replayed");
+    my @elements = @{ redis_cmd('LRANGE', 'recording:queue:0', 0, -1) };
+    is(scalar @elements, 2, "$t: Redis holds the batch twice");
+    is($elements[0], $elements[1], "$t: ... the same element");
+    my @ids = map { /"request_id":"([^"]+)"/ ? $1 : '' } @elements;
+    ok(length $ids[0] && $ids[0] eq $ids[1], "$t: ... with the same request_id, by which consumers drop it");
+    my $s = status_json();
+    is($s->{spool}{resent_elements}, 1, "$t: spool.resent_elements counts the element sent again");
+    is($s->{spool}{spooled_elements}, 1, "$t: spool.spooled_elements 1");
+    like(error_log_text(), qr/recording: redis 127\.0\.0\.1:$port: connection lost/, "$t: the loss is logged");
+
     no_crash($t);
     ok(stop_nginx(), "$t: nginx stops gracefully");
 }

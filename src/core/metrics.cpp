@@ -187,6 +187,7 @@ std::string render_json(const MetricsSnapshot& m)
             JsonObject spool(root.key("spool"));
             spool.number("spooled_elements", m.spooled_elements);
             spool.number("replayed_elements", m.replayed_elements);
+            spool.number("resent_elements", m.resent_elements);
             spool.number("full_refusals", m.spool_full_refusals);
             spool.number("write_failures", m.spool_write_failures);
             spool.number("bytes", m.spool_bytes);
@@ -254,6 +255,10 @@ std::string render_prometheus(const MetricsSnapshot& m)
            m.spooled_elements);
     single(out, "spool_replayed_elements_total", "counter",
            "Queue elements replayed from the spool and acknowledged by Redis.", m.replayed_elements);
+    single(out, "spool_resent_elements_total", "counter",
+           "Queue elements the spool sends again after an RPUSH of them went out and got no reply: "
+           "Redis may hold them twice.",
+           m.resent_elements);
     single(out, "spool_full_refusals_total", "counter",
            "Queue elements the spool refused because it had reached its max_size.", m.spool_full_refusals);
     single(out, "spool_write_failures_total", "counter", "Writes to the spool that failed.",

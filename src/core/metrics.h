@@ -58,6 +58,11 @@ struct MetricsSnapshot {
     // The disk spool (recording_spool).
     uint64_t spooled_elements = 0;      // written to the spool
     uint64_t replayed_elements = 0;     // replayed from it, acknowledged by Redis
+    // Elements the spool sends again after an RPUSH of them went out and got
+    // no reply (the connection dropped): Redis may have run it, so each may
+    // be queued twice. Delivery is at least once; consumers drop duplicates
+    // by _ingest.request_id.
+    uint64_t resent_elements = 0;
     uint64_t spool_full_refusals = 0;   // elements refused: the spool was full
     uint64_t spool_write_failures = 0;  // writes to the spool that failed
     uint64_t spool_bytes = 0;           // the spool's size, as last seen by a worker

@@ -37,6 +37,7 @@ MetricsSnapshot sample_snapshot()
     m.servers.push_back({"unix:/run/\"odd\"\\name", 0});
     m.spooled_elements = 11;
     m.replayed_elements = 8;
+    m.resent_elements = 5;
     m.spool_full_refusals = 3;
     m.spool_write_failures = 2;
     m.spool_bytes = 123456;
@@ -109,9 +110,10 @@ TEST(RenderJson, IsValidJsonWithEveryFigure)
     EXPECT_DOUBLE_EQ(histogram["sum"].GetDouble(), 9.0027);
 
     const auto& spool = doc["spool"];
-    EXPECT_EQ(spool.MemberCount(), 6u);
+    EXPECT_EQ(spool.MemberCount(), 7u);
     EXPECT_EQ(spool["spooled_elements"].GetUint64(), 11u);
     EXPECT_EQ(spool["replayed_elements"].GetUint64(), 8u);
+    EXPECT_EQ(spool["resent_elements"].GetUint64(), 5u);
     EXPECT_EQ(spool["full_refusals"].GetUint64(), 3u);
     EXPECT_EQ(spool["write_failures"].GetUint64(), 2u);
     EXPECT_EQ(spool["bytes"].GetUint64(), 123456u);
@@ -130,8 +132,8 @@ TEST(RenderJson, AnIdleServerShowsZeroPendingAndAnEmptySpool)
     EXPECT_EQ(doc["pending_bytes"].GetUint64(), 0u);
     EXPECT_EQ(doc["pending_limit_refusals"].GetUint64(), 0u);
     ASSERT_TRUE(doc["spool"].IsObject());
-    for (const char* name : {"spooled_elements", "replayed_elements", "full_refusals", "write_failures", "bytes",
-                             "files"}) {
+    for (const char* name : {"spooled_elements", "replayed_elements", "resent_elements", "full_refusals",
+                             "write_failures", "bytes", "files"}) {
         ASSERT_TRUE(doc["spool"].HasMember(name)) << name;
         EXPECT_EQ(doc["spool"][name].GetUint64(), 0u) << name;
     }
@@ -162,6 +164,7 @@ TEST(RenderPrometheus, SamplesHaveTheirValues)
     EXPECT_EQ(prometheus_value(text, "nginx_recording_pending_limit_refusals_total"), "7");
     EXPECT_EQ(prometheus_value(text, "nginx_recording_spool_spooled_elements_total"), "11");
     EXPECT_EQ(prometheus_value(text, "nginx_recording_spool_replayed_elements_total"), "8");
+    EXPECT_EQ(prometheus_value(text, "nginx_recording_spool_resent_elements_total"), "5");
     EXPECT_EQ(prometheus_value(text, "nginx_recording_spool_full_refusals_total"), "3");
     EXPECT_EQ(prometheus_value(text, "nginx_recording_spool_write_failures_total"), "2");
     EXPECT_EQ(prometheus_value(text, "nginx_recording_spool_bytes"), "123456");
@@ -180,7 +183,8 @@ TEST(RenderPrometheus, PendingAndSpoolFamiliesHaveTheirTypes)
         EXPECT_NE(text.find(help), std::string::npos) << gauge;
     }
     for (const char* counter : {"pending_limit_refusals_total", "spool_spooled_elements_total",
-                                "spool_replayed_elements_total", "spool_full_refusals_total",
+                                "spool_replayed_elements_total", "spool_resent_elements_total",
+                                "spool_full_refusals_total",
                                 "spool_write_failures_total"}) {
         std::string type = std::string("# TYPE nginx_recording_") + counter + " counter\n";
         EXPECT_NE(text.find(type), std::string::npos) << counter;
@@ -209,7 +213,7 @@ TEST(RenderPrometheus, EveryFamilyIsTypedAndCountersEndInTotal)
             EXPECT_TRUE(type == "gauge" || type == "histogram") << line;
         }
     }
-    EXPECT_EQ(families, 23);
+    EXPECT_EQ(families, 24);
 }
 
 TEST(WantsPrometheus, ByArgumentOrAccept)
