@@ -120,7 +120,9 @@ function captureNetwork(context) {
     posts.push(post);
     request.response().then(async (response) => {
       if (!response) return;
-      post.answer = await response.text().catch(() => '');
+      // null: the body is gone (its page went away before it was read,
+      // which the driver may report for a batch sent on leaving a page).
+      post.answer = await response.text().catch(() => null);
       post.status = response.status();
     }).catch(() => {});
   });
@@ -360,10 +362,15 @@ function checkRecordedVisit(visit, elements) {
     `${posts.length} on the network, ${sent.length} logged`);
   // A POST still in flight when its page went away has no answer to see
   // (it reached Redis all the same, checked below).
+  // Likewise a body the page took with it is unknown, not wrong.
   const answered = posts.filter((p) => p.status !== null);
+  const read = answered.filter((p) => p.answer !== null);
   check(answered.length >= posts.length - views.length
-    && answered.every((p) => p.status === 202 && p.answer === '{"status":"queued"}'),
-    `every answer seen is 202 {"status":"queued"} (${answered.length} of ${posts.length})`,
+    && read.length >= posts.length - 2 * views.length
+    && answered.every((p) => p.status === 202)
+    && read.every((p) => p.answer === '{"status":"queued"}'),
+    `every answer seen is 202 {"status":"queued"} (${answered.length} of ${posts.length}, `
+    + `${read.length} bodies read)`,
     posts.map((p) => `${p.status} ${p.answer}`).join('; '));
 
   // Redis: every batch once, the client's bytes kept, in the order sent.
