@@ -224,19 +224,16 @@ sub post_and_hang_up {
             recording_redis 127.0.0.1:$port;
             recording_redis_read_timeout 300ms;
 R
-    my $t0 = time;
-    my $res = post_batch(4, batch_json('silent1'), timeout => 5);
-    my $took = time - $t0;
+    # The server accepts and never answers: only the read timeout can end
+    # the wait (the client's 30 s is a hang guard, not a speed verdict).
+    my $res = post_batch(4, batch_json('silent1'), timeout => 30);
     is($res->{status}, 503, "$t: 503 when Redis does not answer");
     is($res->{body}, '{"error":"queue_unavailable"}', "$t: queue_unavailable body");
-    cmp_ok($took, '>=', 0.25, "$t: the module waited for the read timeout (${took}s)");
-    cmp_ok($took, '<', 3, "$t: and not much longer (${took}s)");
+    like(error_log_text(), qr/recording: redis 127\.0\.0\.1:$port: no reply in time/,
+         "$t: the read timeout answered it");
 
-    $t0 = time;
-    my $res2 = post_batch(4, batch_json('silent2'), timeout => 5);
-    $took = time - $t0;
+    my $res2 = post_batch(4, batch_json('silent2'), timeout => 30);
     is($res2->{status}, 503, "$t: the worker still answers a second request with 503");
-    cmp_ok($took, '<', 3, "$t: second answer also bounded (${took}s)");
     is($res2->{headers}{'x-pid'}, $res->{headers}{'x-pid'}, "$t: same worker answered both");
 
     my $log = error_log_text();
@@ -258,19 +255,18 @@ for my $mode (qw(close garbage)) {
     my ($port, $pid) = start_fake_redis($mode);
     start_nginx(no_default_redis => 1, config => ingest_location(<<"R"));
             recording_redis 127.0.0.1:$port;
-            recording_redis_read_timeout 5s;
+            recording_redis_read_timeout 1h;
 R
+    # With a read timeout of an hour, only noticing the loss can answer
+    # within the client's 15 s hang guard.
     my (@status, @pids);
-    my $slowest = 0;
     for my $i (1 .. 3) {
-        my $t0 = time;
-        my $res = post_batch(4, batch_json("$mode$i"), timeout => 8);
-        $slowest = time - $t0 if time - $t0 > $slowest;
+        my $res = post_batch(4, batch_json("$mode$i"), timeout => 15);
         push @status, $res->{status} // 'none';
         push @pids, $res->{headers}{'x-pid'} // 'none';
     }
-    is("@status", '503 503 503', "$t: 503 for each request");
-    cmp_ok($slowest, '<', 2, "$t: answered without waiting for the 5s read timeout (slowest ${slowest}s)");
+    is("@status", '503 503 503', "$t: 503 for each request, without waiting for the read timeout");
+    unlike(error_log_text(), qr/no reply in time/, "$t: no read timeout fired");
     is(scalar(keys %{{ map { $_ => 1 } @pids }}), 1, "$t: one worker answered all (no crash)");
     like(error_log_text(), qr/recording: redis 127\.0\.0\.1:$port: connection lost/,
          "$t: 'connection lost' logged");
@@ -287,18 +283,16 @@ R
     my $port = closed_port();
     start_nginx(no_default_redis => 1, config => ingest_location(<<"R"));
             recording_redis 127.0.0.1:$port;
-            recording_redis_connect_timeout 5s;
-            recording_redis_read_timeout 5s;
+            recording_redis_connect_timeout 1h;
+            recording_redis_read_timeout 1h;
 R
+    # Both timeouts are an hour: an answer within the client's 15 s hang
+    # guard can only come from the refused connect itself.
     my @status;
-    my $slowest = 0;
     for my $i (1 .. 5) {
-        my $t0 = time;
-        push @status, post_batch(5, batch_json("closed$i"), timeout => 5)->{status};
-        $slowest = time - $t0 if time - $t0 > $slowest;
+        push @status, post_batch(5, batch_json("closed$i"), timeout => 15)->{status} // 'none';
     }
-    is("@status", '503 503 503 503 503', "$t: every request is answered 503");
-    cmp_ok($slowest, '<', 1, "$t: immediately, not after a timeout (slowest ${slowest}s)");
+    is("@status", '503 503 503 503 503', "$t: every request is answered 503, without waiting for a timeout");
     my $log = error_log_text();
     is(count_matches($log, qr/recording: redis 127\.0\.0\.1:$port: connect failed/), 1,
        "$t: 'connect failed' is logged once for five requests")
@@ -332,19 +326,15 @@ SKIP: {
     start_nginx(no_default_redis => 1, config => ingest_location(<<"R"));
             recording_redis 127.0.0.1:$port;
             recording_redis_connect_timeout 300ms;
-            recording_redis_read_timeout 5s;
+            recording_redis_read_timeout 1h;
 R
-    my @took;
+    # The read timeout is an hour: within the client's 15 s hang guard only
+    # the connect timeout can answer (the log line below names it).
     my @status;
     for my $i (1 .. 2) {
-        my $t0 = time;
-        push @status, post_batch(5, batch_json("ctimeout$i"), timeout => 5)->{status};
-        push @took, time - $t0;
+        push @status, post_batch(5, batch_json("ctimeout$i"), timeout => 15)->{status} // 'none';
     }
     is("@status", '503 503', "$t: 503 when the connect does not complete");
-    cmp_ok($took[0], '>=', 0.25, "$t: after the connect timeout ($took[0]s)");
-    cmp_ok($took[0], '<', 3, "$t: not after the 5s read timeout ($took[0]s)");
-    cmp_ok($took[1], '<', 3, "$t: second request bounded too ($took[1]s)");
     my $log = error_log_text();
     is(count_matches($log, qr/recording: redis 127\.0\.0\.1:$port: connect timed out/), 1,
        "$t: 'connect timed out' logged once for two requests")
@@ -491,7 +481,8 @@ R
     redis_start();
     redis_cmd('FLUSHALL');
     enable_site(9);
-    start_nginx(config => ingest_location(), http_config => 'client_max_body_size 4m;');
+    start_nginx(config => ingest_location("            recording_redis_read_timeout 1h;\n"),
+                http_config => 'client_max_body_size 4m;');
     my @events;
     my $i = 0;
     my $len = 0;
@@ -505,10 +496,10 @@ R
     my $body = qq({"session_id":"big","seq":7,"events":[) . join(',', @events)
              . qq(],"page_id":"p/1","n":1.23456789012345678});
     cmp_ok(length $body, '>', 1_400_000, "$t: body is " . length($body) . ' bytes');
-    my $t0 = time;
-    my $res = post_batch(9, $body, timeout => 10);
-    is($res->{status}, 202, "$t: queued");
-    cmp_ok(time - $t0, '<', 3, "$t: without stalling");
+    # A write that stalled would wait for the read timeout (an hour here):
+    # the client's 30 s is a hang guard.
+    my $res = post_batch(9, $body, timeout => 30);
+    is($res->{status}, 202, "$t: queued, without stalling");
     my @el = queue_elements();
     is(scalar @el, 1, "$t: one element");
     ok(defined $el[0] && strip_ingest($el[0]) eq $body,
@@ -534,13 +525,12 @@ R
     redis_cmd('FLUSHALL');
     redis_cmd('HSET', 'recording:site:19', 'enabled', '1', 'sample_rate', '1' . (' ' x 200_000));
     start_nginx(config => ingest_location(<<"R"));
-            recording_redis_read_timeout 3s;
+            recording_redis_read_timeout 1h;
 R
-    my $t0 = time;
-    my $res = post_batch(19, batch_json('big-reply'), timeout => 8);
-    my $took = time - $t0;
-    is($res->{status}, 202, "$t: queued");
-    cmp_ok($took, '<', 1.5, "$t: the reply was read without waiting for more data (${took}s)");
+    # Waiting for more data would wait for an hour: the client's 15 s is a
+    # hang guard, so a 202 means the whole reply was read as it came.
+    my $res = post_batch(19, batch_json('big-reply'), timeout => 15);
+    is($res->{status}, 202, "$t: queued, the reply read without waiting for more data");
     my @el = queue_elements();
     is(scalar @el, 1, "$t: the element landed");
     like($el[0] // '', qr/"session_id":"big-reply"/, "$t: it is the batch");

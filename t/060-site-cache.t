@@ -50,6 +50,9 @@ sub raw_post {
          . 'Content-Length: ' . length($body) . "\r\n\r\n$body";
 }
 
+# The TTL tests use a TTL of 3 s: the requests that must fall inside it take
+# milliseconds, and the lookup count (hmget_calls) is what shows that an
+# answer came from the cache. Sleeping longer than asked is always fine.
 # Waits until $seconds have passed since $since (a time() value).
 sub sleep_past {
     my ($since, $seconds) = @_;
@@ -93,17 +96,16 @@ sub sleep_past {
     my $t = 'ttl';
     fresh_redis();
     redis_cmd('HSET', 'recording:site:2', 'enabled', '1');
-    start_nginx(config => ingest_location('recording_site_cache_ttl 1s;'));
+    start_nginx(config => ingest_location('recording_site_cache_ttl 3s;'));
 
     my $t0 = time;
     is(post_batch(2, 'ttl-a')->{status}, 202, "$t: enabled site: 202");
     redis_cmd('HSET', 'recording:site:2', 'enabled', '0');
     my $res = post_batch(2, 'ttl-b');
     is($res->{status}, 202, "$t: disabled in Redis, but the cached answer still says enabled");
-    ok(time - $t0 < 1, "$t: (that request came within the TTL)");
     is(hmget_calls(), 1, "$t: one lookup so far");
 
-    sleep_past($t0, 1.2);
+    sleep_past($t0, 3.2);
     $res = post_batch(2, 'ttl-c');
     is($res->{status}, 403, "$t: after the TTL the new answer is used: 403");
     is($res->{body}, '{"error":"site_disabled"}', "$t: site_disabled body");
@@ -122,7 +124,7 @@ sub sleep_past {
 {
     my $t = 'unknown site cached';
     fresh_redis();
-    start_nginx(config => ingest_location('recording_site_cache_ttl 1s;'));
+    start_nginx(config => ingest_location('recording_site_cache_ttl 3s;'));
 
     my $t0 = time;
     my $res = post_batch(3, 'unknown-a');
@@ -131,11 +133,10 @@ sub sleep_past {
     redis_cmd('HSET', 'recording:site:3', 'enabled', '1');
     $res = post_batch(3, 'unknown-b');
     is($res->{status}, 404, "$t: enabled in Redis meanwhile, still 404 within the TTL");
-    ok(time - $t0 < 1, "$t: (that request came within the TTL)");
     is(hmget_calls(), 1, "$t: one lookup for both");
     is(redis_cmd('LLEN', $QUEUE), 0, "$t: nothing queued yet");
 
-    sleep_past($t0, 1.2);
+    sleep_past($t0, 3.2);
     $res = post_batch(3, 'unknown-c');
     is($res->{status}, 202, "$t: 202 after the TTL");
     my @el = @{ redis_cmd('LRANGE', $QUEUE, 0, -1) };
@@ -152,13 +153,13 @@ sub sleep_past {
     my $t = 'stale answer';
     fresh_redis();
     redis_cmd('HSET', 'recording:site:4', 'enabled', '1');
-    start_nginx(config => ingest_location('recording_site_cache_ttl 1s;'));
+    start_nginx(config => ingest_location('recording_site_cache_ttl 3s;'));
 
     my $t0 = time;
     is(post_batch(4, 'stale-a')->{status}, 202, "$t: cached as enabled");
     redis_cmd('DEL', 'recording:site:4');
     redis_cmd('SET', 'recording:site:4', 'x');
-    sleep_past($t0, 1.2);
+    sleep_past($t0, 3.2);
 
     my $res = post_batch(4, 'stale-b');
     is($res->{status}, 202, "$t: lookup refused after the TTL, the last answer is used: 202");
@@ -182,15 +183,14 @@ sub sleep_past {
     my $t = 'sample_rate change';
     fresh_redis();
     redis_cmd('HSET', 'recording:site:5', 'enabled', '1', 'sample_rate', '1');
-    start_nginx(config => ingest_location('recording_site_cache_ttl 1s;'));
+    start_nginx(config => ingest_location('recording_site_cache_ttl 3s;'));
 
     my $t0 = time;
     is(post_batch(5, 'rate-a')->{status}, 202, "$t: rate 1: 202");
     redis_cmd('HSET', 'recording:site:5', 'sample_rate', '0');
     is(post_batch(5, 'rate-b')->{status}, 202, "$t: rate 0 in Redis, cached rate 1 within the TTL: 202");
-    ok(time - $t0 < 1, "$t: (that request came within the TTL)");
 
-    sleep_past($t0, 1.2);
+    sleep_past($t0, 3.2);
     my $res = post_batch(5, 'rate-c');
     is($res->{status}, 200, "$t: after the TTL: 200");
     is($res->{body}, '{"status":"sampled_out"}', "$t: sampled_out body");
@@ -276,14 +276,14 @@ sub sleep_past {
     fresh_redis();
     redis_cmd('HSET', 'recording:site:8', 'enabled', '1');
     start_nginx(main_config => 'worker_processes 2;',
-                config => ingest_location('recording_site_cache_ttl 1s;'));
+                config => ingest_location('recording_site_cache_ttl 3s;'));
 
     is(post_batch(8, 'lease-0')->{status}, 202, "$t: cached");
     my ($rounds, $both, $total, %codes) = (0, 0, 1);
     my @calls;
     while ($rounds < 3 && !$both) {   # until a burst reached both workers
         $rounds++;
-        sleep 1.2;                    # the answer expires
+        sleep 3.2;                    # the answer expires
         my $before = hmget_calls();
         my @raw = concurrent_requests(10, map { raw_post(8, "lease-$rounds-$_") } 1 .. 60);
         $total += @raw;

@@ -255,10 +255,7 @@ sub redis_lines {
     is(sessions_in($PORT, 0), 'good-1 good-2 acl-1', "$t: nothing landed in database 0");
     unlike(join("\n", redis_lines($from)), qr/answering again/, "$t: no 'answering again'");
     my $reconnects = status()->{redis}{reconnects};
-    my $started = time;
     is(post('db99', 1, 'db99-3'), $UNAVAILABLE, "$t: within a second: 503");
-    my $took = time - $started;
-    cmp_ok($took, '<', 0.5, "$t: ... at once (${took}s)");
     is(status()->{redis}{reconnects}, $reconnects, "$t: ... without a new connection");
     is(scalar(grep { /login refused/ } redis_lines($from)), 1, "$t: still one 'login refused' line");
 }
@@ -305,10 +302,7 @@ sub redis_lines {
 {
     my $t = 'login unanswered';
     my $from = length error_log_text();
-    my $started = time;
     is(post('silent', 1, 'silent-1'), $UNAVAILABLE, "$t: a server that never answers AUTH: 503");
-    my $took = time - $started;
-    cmp_ok($took, '>=', 0.25, "$t: ... after the read timeout (${took}s)");
     my @lines = grep { /recording: redis 127\.0\.0\.1:$SILENT_PORT: / } split /\n/, substr(error_log_text(), $from);
     like("@lines", qr/no reply in time/, "$t: 'no reply in time'");
     is(post('closed', 1, 'closed-1'), $UNAVAILABLE, "$t: a login to a closed port: 503");
