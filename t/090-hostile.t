@@ -23,7 +23,6 @@ use Socket qw(SOL_SOCKET SO_LINGER);
 use Time::HiRes qw(time sleep);
 
 $SIG{PIPE} = 'IGNORE';
-my $STARTED = time;
 my $JSON = JSON::PP->new->utf8;
 my $QUEUE = 'recording:queue:0';   # recording_queue_shards defaults to 1
 
@@ -383,6 +382,7 @@ start_nginx(
         location('/slow', 'client_body_timeout 1s;'),
         location('/fake', "recording_redis 127.0.0.1:$FAKE_PORT;\n            recording_redis_read_timeout 1s;"),
         location('/fastfake', "recording_redis 127.0.0.1:$FAKE_PORT;\n            recording_redis_read_timeout 300ms;"),
+        location('/patientfake', "recording_redis 127.0.0.1:$FAKE_PORT;\n            recording_redis_read_timeout 1h;"),
     ),
 );
 
@@ -407,7 +407,11 @@ sub healthy {
     $PID = $res->{headers}{'x-pid'} if $res->{headers}{'x-pid'};   # one crash, one failure
 }
 
-sub timed { my ($code) = @_; my $t0 = time; my $r = $code->(); return ($r, time - $t0) }
+# No test here times a request: where an answer must come "at once", the
+# timeout that would otherwise give it is far longer than the request's own
+# (a hang guard), so the wrong path gets no status; where a timeout must be
+# what answered, its log line says so.  Linear work is counted, not timed,
+# in t/unit (batch_validator_test.cpp, Scale: key_check_steps()).
 
 # ===========================================================================
 # 1. Limits
@@ -432,9 +436,8 @@ sub timed { my ($code) = @_; my $t0 = time; my $r = $code->(); return ($r, time 
        "$t: 64 KiB is queued");
     is(answer(post(uri('/small'), batch_of_size('lim', 65537))), '413 {"error":"payload_too_large"}',
        "$t: 64 KiB + 1 is refused");
-    my ($res, $took) = timed(sub { post_gzip(uri('/small'), gzip_bomb(64)) });
+    my $res = post_gzip(uri('/small'), gzip_bomb(64), timeout => 30);
     is(answer($res), '413 {"error":"payload_too_large"}', "$t: a 64 MiB gzip bomb is refused");
-    cmp_ok($took, '<', 5, "$t: at once (${took}s)");
     healthy($t);
 }
 {
@@ -476,9 +479,8 @@ sub timed { my ($code) = @_; my $t0 = time; my $r = $code->(); return ($r, time 
     my $million = nested_batch('deep', 1_000_000);
     cmp_ok(length $million, '<', 2 * 1024 * 1024, "$t: the million-level document fits in 2 MiB");
     for my $prefix ('', '/d1000', '/d100k') {
-        my ($res, $took) = timed(sub { post_gzip(uri($prefix), gzip_bytes($million)) });
+        my $res = post_gzip(uri($prefix), gzip_bytes($million), timeout => 30);
         is(answer($res), '400 {"error":"invalid_json"}', "$t: a million levels at $prefix/v1 are refused");
-        cmp_ok($took, '<', 5, "$t: at once (${took}s)");
     }
     my $unclosed = batch('deep', data => '[' x 1_000_000);
     is(answer(post_gzip(uri('/d100k'), gzip_bytes($unclosed))), '400 {"error":"invalid_json"}',
@@ -493,13 +495,19 @@ sub timed { my ($code) = @_; my $t0 = time; my $r = $code->(); return ($r, time 
     my $s = connect_nginx();
     send_all($s, "POST " . uri('/slow') . " HTTP/1.1\r\nHost: localhost\r\nContent-Length: "
                  . length($body) . "\r\n\r\n" . substr($body, 0, 10));
-    my $t0 = time;
-    my ($raw, $closed) = read_until_close($s, 4);
-    my $took = time - $t0;
+    my ($raw, $closed) = read_until_close($s, 30);   # a hang guard
     close $s;
-    ok($closed, "$t: a client that stops sending its body is dropped (after ${took}s)");
-    cmp_ok($took, '>=', 0.9, "$t: not before the timeout");
-    cmp_ok($took, '<', 3, "$t: soon after client_body_timeout (1s)");
+    ok($closed, "$t: a client that stops sending its body is dropped");
+    # Why: nginx ended the request with 408 Request Time-out, which only its
+    # body read timer (client_body_timeout) gives here.
+    my $slow_uri = uri('/slow');
+    my $access = '';
+    poll_until(5, sub {
+        $access = do { open my $fh, '<', servroot() . '/logs/access.log'; local $/; $fh ? <$fh> : '' } // '';
+        $access =~ /"POST \Q$slow_uri\E HTTP\/1\.1" \d/;
+    });
+    like($access, qr/"POST \Q$slow_uri\E HTTP\/1\.1" 408 /,
+         "$t: by client_body_timeout: the access log has the request ending in 408");
     ok($raw eq '' || $raw =~ m{^HTTP/1\.1 408 }, "$t: with nginx's 408 if anything")
         or diag("got: " . substr($raw, 0, 200));
     healthy($t);
@@ -514,41 +522,35 @@ no_crash('limits');
     my $t = 'gzip bomb';
     my $bomb = gzip_bomb(1024);
     cmp_ok(length $bomb, '<', 1_200_000, "$t: 1 GiB of zeros compresses to " . length($bomb) . ' bytes');
-    my ($res, $took) = timed(sub { post_gzip(uri(''), $bomb) });
+    my $res = post_gzip(uri(''), $bomb, timeout => 30);
     is(answer($res), '413 {"error":"payload_too_large"}', "$t: 413 payload_too_large");
-    cmp_ok($took, '<', 5, "$t: answered fast (${took}s): inflating stops at the limit");
-    ($res, $took) = timed(sub { post_deflate(uri(''), $bomb) });
+    $res = post_deflate(uri(''), $bomb, timeout => 30);
     is(answer($res), '413 {"error":"payload_too_large"}', "$t: the same sent as deflate");
-    cmp_ok($took, '<', 5, "$t: as fast (${took}s)");
-    ($res, $took) = timed(sub { post_gzip(uri(''), substr($bomb, 0, 500_000)) });
+    $res = post_gzip(uri(''), substr($bomb, 0, 500_000), timeout => 30);
     is(answer($res), '413 {"error":"payload_too_large"}', "$t: cut in half: too large before it is found truncated");
     healthy($t);
 
     $t = 'zlib bomb';
-    ($res, $took) = timed(sub { post_deflate(uri(''), zlib_bomb(1024)) });
+    $res = post_deflate(uri(''), zlib_bomb(1024), timeout => 30);
     is(answer($res), '413 {"error":"payload_too_large"}', "$t: 413 payload_too_large");
-    cmp_ok($took, '<', 5, "$t: answered fast (${took}s)");
     healthy($t);
 
     $t = 'nested gzip';
     my $nested = gzip_bytes($bomb);
     cmp_ok(length $nested, '<', 20_000, "$t: gzip of the 1 GiB bomb is " . length($nested) . ' bytes');
-    ($res, $took) = timed(sub { post_gzip(uri(''), $nested) });
+    $res = post_gzip(uri(''), $nested, timeout => 30);
     is(answer($res), '400 {"error":"invalid_json"}',
        "$t: decoded once, the body is the inner gzip stream (1 MB), which is not JSON");
-    cmp_ok($took, '<', 5, "$t: answered fast (${took}s)");
-    ($res, $took) = timed(sub { post_gzip(uri(''), gzip_bytes(gzip_bomb(3072))) });
+    $res = post_gzip(uri(''), gzip_bytes(gzip_bomb(3072)), timeout => 30);
     is(answer($res), '413 {"error":"payload_too_large"}',
        "$t: a gzip of a 3 GiB bomb decodes once to 3 MB: too large");
-    cmp_ok($took, '<', 5, "$t: answered fast (${took}s)");
 
     $t = 'many members';
-    ($res, $took) = timed(sub { post_gzip(uri(''), gzip_bomb(1) x 3) });
+    $res = post_gzip(uri(''), gzip_bomb(1) x 3, timeout => 30);
     is(answer($res), '413 {"error":"payload_too_large"}', "$t: three 1 MiB members add up past the limit");
     my $empty = gzip_bytes('');
-    ($res, $took) = timed(sub { post_gzip(uri(''), $empty x 100_000) });
+    $res = post_gzip(uri(''), $empty x 100_000, timeout => 30);
     is(answer($res), '400 {"error":"invalid_json"}', "$t: 100,000 empty members decode to nothing: not JSON");
-    cmp_ok($took, '<', 5, "$t: answered fast (${took}s)");
     healthy($t);
 }
 {
@@ -700,14 +702,13 @@ no_crash('compression');
     my $doc = $head . join('', map { qq(,"$_":0) } @k) . '}';
     cmp_ok(length $doc, '<=', 2 * 1024 * 1024, "$t: 262,000 keys in " . length($doc) . ' bytes');
     clear_queue();
-    my ($res, $took) = timed(sub { post(uri(''), $doc) });
+    # (That the work is linear in the keys is counted in t/unit, Scale.)
+    my $res = post(uri(''), $doc, timeout => 30);
     is(answer($res), '202 {"status":"queued"}', "$t: 262,000 distinct top-level keys are queued");
-    cmp_ok($took, '<', 3, "$t: in ${took}s (no quadratic behaviour)");
     is(client_text(queued_element()), $doc, "$t: the element is the body plus _ingest");
     my $dup = $head . join('', map { qq(,"$_":0) } @k[0 .. $#k - 1]) . qq(,"$k[1000]":1});
-    ($res, $took) = timed(sub { post(uri(''), $dup) });
+    $res = post(uri(''), $dup, timeout => 30);
     is(answer($res), '400 {"error":"invalid_json"}', "$t: the same with a duplicate as the last key is refused");
-    cmp_ok($took, '<', 3, "$t: in ${took}s");
 
     # A million keys (8 MB, gzip'd) where the limit allows it.  Validating
     # them takes a second or so of the worker's time; Redis then answers the
@@ -717,9 +718,8 @@ no_crash('compression');
     my $mdoc = $head . join('', map { qq(,"$_":0) } @m) . '}';
     my $mgz = gzip_bytes($mdoc);
     my $mdup = gzip_bytes(substr($mdoc, 0, -1) . qq(,"$m[-1]":1}));
-    ($res, $took) = timed(sub { post_gzip(uri('/big'), $mgz, timeout => 20) });
+    $res = post_gzip(uri('/big'), $mgz, timeout => 60);
     is(answer($res), '202 {"status":"queued"}', "$t: a million distinct keys (" . length($mdoc) . ' bytes, recording_max_decoded_size 16m) are queued');
-    cmp_ok($took, '<', 5, "$t: in ${took}s");
     # nginx writes the access log after the answer: wait for the line.
     my $redis_ms;
     poll_until(5, sub {
@@ -727,13 +727,13 @@ no_crash('compression');
         ($redis_ms) = ($big_log =~ /^\S+ 202 queued ([\d.]+)$/m);
         defined $redis_ms;
     });
-    ok(defined $redis_ms && $redis_ms < 250, "$t: Redis acknowledged that RPUSH in " . ($redis_ms // '?') . ' ms');
-    ($res, $took) = timed(sub { post_gzip(uri('/bigshort'), $mgz, timeout => 20) });
+    like($redis_ms // 'none', qr/^\d+\.\d{3}$/,
+         "$t: the access log has Redis's acknowledgement of that RPUSH (" . ($redis_ms // '?') . ' ms)');
+    $res = post_gzip(uri('/bigshort'), $mgz, timeout => 60);
     is(answer($res), '202 {"status":"queued"}',
        "$t: the same batch with recording_redis_read_timeout 250ms is queued too (the reply takes milliseconds)");
-    ($res, $took) = timed(sub { post_gzip(uri('/big'), $mdup, timeout => 20) });
+    $res = post_gzip(uri('/big'), $mdup, timeout => 60);
     is(answer($res), '400 {"error":"invalid_json"}', "$t: a million keys and a duplicate at the end: refused");
-    cmp_ok($took, '<', 5, "$t: in ${took}s");
 
     # One event object with many keys: duplicates are refused there too.
     my @e = @k[0 .. 199_999];
@@ -744,9 +744,10 @@ no_crash('compression');
        "$t: ... and with its `type` again at the end, refused");
 
     # That event and many small ones: each event's key set starts empty
-    # again, which must not cost in proportion to the big event's keys.
-    # The same events in the other order are the yardstick.  (Posted to
-    # /big, whose 10 s Redis read timeout keeps the status about this alone.)
+    # again, in either order.  (That this costs no work in proportion to the
+    # big event's keys is counted in t/unit: Scale,
+    # SmallEventsAfterAHugeOneCostTheirOwnKeys.  Posted to /big, whose 10 s
+    # Redis read timeout keeps the status about this alone.)
     my $tail = join ',', ('{"type":0,"timestamp":0}') x 9_999;
     my $many = qq({"session_id":"keys","seq":0,"events":[$event},$tail]});
     cmp_ok(length $many, '<=', 2 * 1024 * 1024, "$t: a 200,000-key event and 9,999 small ones in " . length($many) . ' bytes');
@@ -756,15 +757,10 @@ no_crash('compression');
        "$t: the same events, the 200,000-key one first: queued");
     my $big = '{"type":3,"timestamp":1' . join('', map { qq(,"$_":0) } @k[0 .. 149_999]) . '}';
     my $empties = ',{}' x 60_000;
-    my ($res_last, $took_last) = timed(sub {
-        post(uri('/big'), qq({"session_id":"keys","seq":0,"events":[{}$empties,$big]}), timeout => 60) });
-    my ($res_first, $took_first) = timed(sub {
-        post(uri('/big'), qq({"session_id":"keys","seq":0,"events":[$big$empties]}), timeout => 60) });
+    my $res_last = post(uri('/big'), qq({"session_id":"keys","seq":0,"events":[{}$empties,$big]}), timeout => 60);
+    my $res_first = post(uri('/big'), qq({"session_id":"keys","seq":0,"events":[$big$empties]}), timeout => 60);
     is(answer($res_last), '400 {"error":"invalid_events"}', "$t: 60,000 empty events, then a 150,000-key one: invalid_events");
     is(answer($res_first), '400 {"error":"invalid_events"}', "$t: a 150,000-key event, then 60,000 empty ones: invalid_events");
-    cmp_ok($took_first, '<', 1 + 5 * $took_last,
-           sprintf("$t: about as fast with the big event first (%.2fs) as last (%.2fs): "
-                   . "no cost per event proportional to the big event's keys", $took_first, $took_last));
     healthy($t);
 }
 {
@@ -1119,17 +1115,20 @@ for my $case (['OOM', 'oom', qr/\[error\].*recording: redis $FAKE: error reply: 
 {
     my $t = 'redis closes mid-reply';
     fake_mode('midreply');
+    # At once, not after a read timeout: /patientfake's is 1h and the
+    # request's hang guard 15s, so only the lost connection can answer.
     my $before = error_log_text();
-    my ($res, $took) = timed(sub { fake_post(702, 'mid-hmget') });
-    is(answer($res), '503 {"error":"queue_unavailable"}', "$t: HMGET reply cut off: 503");
-    cmp_ok($took, '<', 0.9, "$t: at once, not after the read timeout (${took}s)");
+    my $res = post(uri('/patientfake', 702), batch('mid-hmget'), timeout => 15);
+    is(answer($res), '503 {"error":"queue_unavailable"}', "$t: HMGET reply cut off: 503, at once (no read timeout)");
     like(substr(error_log_text(), length $before), qr/\[error\].*recording: redis $FAKE: connection lost/,
          "$t: the lost connection is logged");
+    unlike(substr(error_log_text(), length $before), qr/no reply in time/, "$t: ... and no read timeout");
     fake_mode('ok');
     is(answer(fake_post(702, 'mid-ok')), '202 {"status":"queued"}', "$t: the server behaves again: 202 (reconnected)");
 
     fake_mode('midreply');   # site 702 is cached now: the RPUSH reply is cut off
-    is(answer(fake_post(702, 'mid-rpush')), '503 {"error":"queue_unavailable"}', "$t: RPUSH reply cut off: 503");
+    is(answer(post(uri('/patientfake', 702), batch('mid-rpush'), timeout => 15)), '503 {"error":"queue_unavailable"}',
+       "$t: RPUSH reply cut off: 503, at once (no read timeout)");
     fake_mode('ok');
     is(answer(fake_post(702, 'mid-ok-2')), '202 {"status":"queued"}', "$t: and 202 again after that");
     healthy($t);
@@ -1138,17 +1137,21 @@ for my $case (['OOM', 'oom', qr/\[error\].*recording: redis $FAKE: error reply: 
     my $t = 'redis never answers';
     fake_mode('silent');
     my $before = error_log_text();
-    my ($res, $took) = timed(sub { post(uri('/fastfake', 703), batch('silent'), timeout => 5) });
+    my $sent = length fake_commands();
+    # Nothing but the 300 ms read timeout can answer (the hang guard is 15s).
+    my $res = post(uri('/fastfake', 703), batch('silent'), timeout => 15);
     is(answer($res), '503 {"error":"queue_unavailable"}', "$t: 503");
-    cmp_ok($took, '>=', 0.25, "$t: after the 300 ms read timeout (${took}s)");
-    cmp_ok($took, '<', 2, "$t: and not much later");
     like(substr(error_log_text(), length $before), qr/\[error\].*recording: redis $FAKE: no reply in time/,
-         "$t: logged");
+         "$t: by the read timeout: 'no reply in time' logged");
+    is(count_matches(substr(fake_commands(), $sent), qr/^silent HMGET recording:site:703 /m), 1,
+       "$t: the fake Redis got the site lookup, and never answered it");
     fake_mode('ok');
-    # For a second after a timeout, batches are refused at once.
-    ($res, $took) = timed(sub { post(uri('/fastfake', 703), batch('silent-soon'), timeout => 5) });
+    # For a second after a timeout, batches are refused at once: without a
+    # new connection or command (so no reply to wait for).
+    $sent = length fake_commands();
+    $res = post(uri('/fastfake', 703), batch('silent-soon'), timeout => 15);
     is(answer($res), '503 {"error":"queue_unavailable"}', "$t: within the retry interval: 503");
-    cmp_ok($took, '<', 0.2, "$t: ... at once (${took}s)");
+    is(substr(fake_commands(), $sent), '', "$t: ... refused at once: nothing was sent to the fake Redis");
     select undef, undef, undef, 1.1;
     is(answer(post(uri('/fastfake', 703), batch('silent-ok'), timeout => 5)), '202 {"status":"queued"}',
        "$t: 202 once it answers again");
@@ -1158,7 +1161,5 @@ for my $case (['OOM', 'oom', qr/\[error\].*recording: redis $FAKE: error reply: 
 no_crash('faults');
 ok(stop_nginx(), 'nginx stops gracefully');
 stop_child($FAKE_PID);
-my $total = time - $STARTED;
-cmp_ok($total, '<', 90, sprintf('the whole file ran in %.1fs', $total));
 
 Test::More::done_testing();
