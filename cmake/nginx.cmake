@@ -45,15 +45,7 @@ char *ngx_module_order[] = {
 configure_file(${MODULE_LIST}.in ${MODULE_LIST} COPYONLY)
 
 add_library(ngx_http_recording_module MODULE
-    src/ngx_http_recording_module.cpp
-    src/ngx_http_recording_handler.cpp
-    src/ngx_http_recording_body.cpp
-    src/ngx_http_recording_site_cache.cpp
-    src/ngx_http_recording_redis.cpp
-    src/ngx_http_recording_cluster.cpp
-    src/ngx_http_recording_queue.cpp
-    src/ngx_http_recording_spool.cpp
-    src/ngx_http_recording_stats.cpp
+    ${RECORDING_GLUE_SOURCES}
     ${MODULE_LIST}
 )
 add_dependencies(ngx_http_recording_module nginx_headers)
