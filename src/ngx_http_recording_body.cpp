@@ -2,7 +2,7 @@
 // wrote it to a temporary file (bodies over client_body_buffer_size), and
 // feeding it to the decoder piece by piece.
 
-#include "ngx_http_recording_module.h"
+#include "ngx_http_recording_body.h"
 
 namespace {
 

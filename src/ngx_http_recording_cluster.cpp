@@ -45,7 +45,7 @@
 #include <vector>
 
 #include "cluster_slots.h"
-#include "ngx_http_recording_module.h"
+#include "ngx_http_recording_conf.h"
 
 namespace {
 

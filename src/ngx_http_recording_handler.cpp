@@ -9,7 +9,7 @@
 // redis_protocol; the glue's body, site_cache and redis); this file only
 // orders the steps, keeps the request's state and answers.
 
-#include "ngx_http_recording_module.h"
+#include "ngx_http_recording_handler.h"
 
 #include <cstdio>
 #include <exception>
@@ -23,8 +23,12 @@
 
 #include "batch_validator.h"
 #include "enrichment.h"
+#include "ngx_http_recording_body.h"
+#include "ngx_http_recording_conf.h"
+#include "ngx_http_recording_http.h"
 #include "ngx_http_recording_queue.h"
 #include "ngx_http_recording_redis.h"
+#include "ngx_http_recording_site_cache.h"
 #include "ngx_http_recording_stats.h"
 #include "outcome.h"
 #include "redis_protocol.h"
@@ -105,71 +109,6 @@ std::string_view view(const ngx_str_t &s)
     return {reinterpret_cast<const char *>(s.data), s.len};
 }
 
-}  // namespace
-
-ngx_int_t ngx_http_recording_send(ngx_http_request_t *r, ngx_uint_t status, std::string_view content_type,
-                                  std::string_view body)
-{
-    r->headers_out.status = status;
-    r->headers_out.content_type = literal(content_type);
-    r->headers_out.content_type_len = content_type.size();
-    r->headers_out.content_type_lowcase = nullptr;
-    r->headers_out.content_length_n = static_cast<off_t>(body.size());
-
-    ngx_int_t rc = ngx_http_send_header(r);
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-    ngx_buf_t *b = static_cast<ngx_buf_t *>(ngx_calloc_buf(r->pool));
-    if (b == nullptr) {
-        return NGX_ERROR;
-    }
-    b->pos = (u_char *) body.data();
-    b->last = b->pos + body.size();
-    b->memory = 1;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    ngx_chain_t out = {b, nullptr};
-    return ngx_http_output_filter(r, &out);
-}
-
-ngx_table_elt_t *ngx_http_recording_find_header(ngx_http_request_t *r, std::string_view lowcase_name,
-                                                ngx_uint_t *count)
-{
-    ngx_table_elt_t *found = nullptr;
-    *count = 0;
-    for (ngx_list_part_t *part = &r->headers_in.headers.part; part != nullptr; part = part->next) {
-        auto *h = static_cast<ngx_table_elt_t *>(part->elts);
-        for (ngx_uint_t i = 0; i < part->nelts; i++) {
-            if (h[i].key.len == lowcase_name.size()
-                && ngx_strncasecmp(h[i].key.data, (u_char *) lowcase_name.data(), lowcase_name.size()) == 0)
-            {
-                if (found == nullptr) {
-                    found = &h[i];
-                }
-                (*count)++;
-            }
-        }
-    }
-    return found;
-}
-
-namespace {
-
-bool add_header(ngx_http_request_t *r, std::string_view key, ngx_str_t value)
-{
-    auto *h = static_cast<ngx_table_elt_t *>(ngx_list_push(&r->headers_out.headers));
-    if (h == nullptr) {
-        return false;
-    }
-    h->hash = 1;
-    h->key.len = key.size();
-    h->key.data = (u_char *) key.data();
-    h->value = value;
-    return true;
-}
-
 // CONTRACT.md: every answer to a request with an Origin carries these.
 bool add_cors_headers(ngx_http_request_t *r)
 {
@@ -178,16 +117,16 @@ bool add_cors_headers(ngx_http_request_t *r)
     if (origin == nullptr) {
         return true;
     }
-    return add_header(r, "Access-Control-Allow-Origin", origin->value)
-           && add_header(r, "Access-Control-Allow-Credentials", literal("true"))
-           && add_header(r, "Vary", literal("Origin"));
+    return ngx_http_recording_add_header(r, "Access-Control-Allow-Origin", origin->value)
+           && ngx_http_recording_add_header(r, "Access-Control-Allow-Credentials", literal("true"))
+           && ngx_http_recording_add_header(r, "Vary", literal("Origin"));
 }
 
 ngx_int_t send_preflight(ngx_http_request_t *r)
 {
-    if (!add_header(r, "Access-Control-Allow-Methods", literal("POST, OPTIONS"))
-        || !add_header(r, "Access-Control-Allow-Headers", literal("Content-Type, Content-Encoding"))
-        || !add_header(r, "Access-Control-Max-Age", literal("86400")))
+    if (!ngx_http_recording_add_header(r, "Access-Control-Allow-Methods", literal("POST, OPTIONS"))
+        || !ngx_http_recording_add_header(r, "Access-Control-Allow-Headers", literal("Content-Type, Content-Encoding"))
+        || !ngx_http_recording_add_header(r, "Access-Control-Max-Age", literal("86400")))
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -201,11 +140,11 @@ ngx_int_t send_preflight(ngx_http_request_t *r)
 ngx_int_t send_response(ngx_http_request_t *r, Outcome outcome)
 {
     recording::Response response = recording::response_for(outcome);
-    if (outcome == Outcome::method_not_allowed && !add_header(r, "Allow", literal("POST, OPTIONS"))) {
+    if (outcome == Outcome::method_not_allowed && !ngx_http_recording_add_header(r, "Allow", literal("POST, OPTIONS"))) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     // Redis or the spool cannot take batches now: when to try again.
-    if (outcome == Outcome::queue_unavailable && !add_header(r, "Retry-After", literal(kRetryAfterSeconds))) {
+    if (outcome == Outcome::queue_unavailable && !ngx_http_recording_add_header(r, "Retry-After", literal(kRetryAfterSeconds))) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     return ngx_http_recording_send(r, static_cast<ngx_uint_t>(response.status), "application/json",
@@ -254,10 +193,12 @@ void finish(RequestState &state, Outcome outcome, bool from_redis)
     }
 }
 
+void pushed(Waiter *waiter, Outcome outcome, uint64_t redis_time_us) noexcept;
+
 Waiter *waiter_for(RequestState &state)
 {
     if (state.waiter == nullptr) {
-        state.waiter = new Waiter{state.request, false};
+        state.waiter = new Waiter{state.request, false, pushed};
     }
     return state.waiter;
 }
@@ -272,6 +213,19 @@ RequestState *resume(Waiter *waiter)
         return nullptr;
     }
     return get_state(waiter->request);
+}
+
+// The queue's word on a request's element (the waiter's `pushed`).
+void pushed(Waiter *waiter, Outcome outcome, uint64_t redis_time_us) noexcept
+{
+    RequestState *state = resume(waiter);
+    if (state == nullptr) {
+        return;
+    }
+    if (outcome == Outcome::queued && redis_time_us != 0) {
+        state->redis_time_us = redis_time_us;
+    }
+    finish(*state, outcome, true);
 }
 
 void continue_with_site(RequestState &state, const recording::SiteSettings &site, bool from_redis);
@@ -602,18 +556,6 @@ ngx_int_t answer_without_body(RequestState &state, Outcome outcome)
 }
 
 }  // namespace
-
-void ngx_http_recording_pushed(ngx_http_recording_waiter_t *waiter, Outcome outcome, uint64_t redis_time_us) noexcept
-{
-    RequestState *state = resume(waiter);
-    if (state == nullptr) {
-        return;
-    }
-    if (outcome == Outcome::queued && redis_time_us != 0) {
-        state->redis_time_us = redis_time_us;
-    }
-    finish(*state, outcome, true);
-}
 
 ngx_int_t ngx_http_recording_add_variables(ngx_conf_t *cf) noexcept
 {

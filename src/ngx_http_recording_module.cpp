@@ -1,15 +1,18 @@
 // ngx_http_recording_module: the module definition, its directives and their
 // configuration, and the per-worker Redis connections.
 
-#include "ngx_http_recording_module.h"
+#include "ngx_http_recording_conf.h"
 
 #include <new>
 
 #include "ngx_http_recording_cluster.h"
+#include "ngx_http_recording_handler.h"
 #include "ngx_http_recording_queue.h"
 #include "ngx_http_recording_redis.h"
+#include "ngx_http_recording_site_cache.h"
 #include "ngx_http_recording_spool.h"
 #include "ngx_http_recording_stats.h"
+#include "ngx_http_recording_status.h"
 
 namespace {
 
@@ -577,8 +580,6 @@ ngx_int_t postconfiguration(ngx_conf_t *cf) noexcept
     return ngx_http_recording_site_cache_init_zone(cf, rmcf);
 }
 
-ngx_http_recording_main_conf_t *running_conf = nullptr;  // this worker's
-
 ngx_http_recording_main_conf_t *cycle_main_conf(ngx_cycle_t *cycle) noexcept
 {
     if (ngx_http_cycle_get_module_main_conf(cycle, ngx_http_core_module) == nullptr) {
@@ -614,7 +615,7 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept
             return NGX_ERROR;
         }
     }
-    running_conf = rmcf;
+    ngx_http_recording_queue_init_process(rmcf->pending_limit);
     return ngx_http_recording_spool_init_process(cycle, rmcf);
 }
 
@@ -633,7 +634,6 @@ void exit_process(ngx_cycle_t *cycle) noexcept
     }
     ngx_http_recording_spool_exit_process();
     ngx_http_recording_queue_exit();
-    running_conf = nullptr;
 }
 
 ngx_int_t preconfiguration(ngx_conf_t *cf) noexcept
@@ -653,17 +653,6 @@ ngx_http_module_t module_ctx = {
 };
 
 }  // namespace
-
-ngx_connection_t ngx_http_recording_no_connection = [] {
-    ngx_connection_t c{};
-    c.fd = static_cast<ngx_socket_t>(-1);
-    return c;
-}();
-
-size_t ngx_http_recording_pending_limit() noexcept
-{
-    return running_conf != nullptr ? running_conf->pending_limit : kDefaultPendingLimit;
-}
 
 ngx_module_t ngx_http_recording_module = {
     NGX_MODULE_V1,

@@ -27,11 +27,14 @@
 
 #include <hiredis/hiredis.h>
 
+#include "ngx_http_recording_redis.h"
 #include "ngx_http_recording_spool.h"
 #include "ngx_http_recording_stats.h"
 #include "redis_protocol.h"
 
 namespace {
+
+size_t pending_limit = 0;  // recording_pending_limit, set by init_process
 
 struct Slot;
 
@@ -116,7 +119,7 @@ void answer(std::unique_ptr<Batch> batch, recording::Outcome outcome, uint64_t r
     waiters.swap(batch->waiters);
     release(std::move(batch));
     for (ngx_http_recording_waiter_t *waiter : waiters) {
-        ngx_http_recording_pushed(waiter, outcome, redis_time_us);
+        waiter->pushed(waiter, outcome, redis_time_us);
     }
 }
 
@@ -275,7 +278,7 @@ bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::str
     try {
         bool spool = ngx_http_recording_spool_enabled();
         if (!spool) {
-            if (held_bytes + element.size() > ngx_http_recording_pending_limit()) {
+            if (held_bytes + element.size() > pending_limit) {
                 ngx_http_recording_count(&ngx_http_recording_stats_t::pending_limit_refusals);
                 return false;
             }
@@ -308,7 +311,7 @@ bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::str
         waiter->in_flight = true;
 
         // Over the memory bound with a spool: this batch goes there now.
-        bool over_limit = held_bytes > ngx_http_recording_pending_limit();
+        bool over_limit = held_bytes > pending_limit;
         if (over_limit || batch.command.elements() >= slot.max_elements || batch.command.size() >= slot.max_size) {
             if (slot.timer.timer_set) {
                 ngx_del_timer(&slot.timer);
@@ -331,6 +334,11 @@ bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::str
     } catch (const std::exception &) {
         return false;
     }
+}
+
+void ngx_http_recording_queue_init_process(size_t limit) noexcept
+{
+    pending_limit = limit;
 }
 
 void ngx_http_recording_queue_exit() noexcept

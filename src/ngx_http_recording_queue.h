@@ -4,12 +4,16 @@
 // acknowledged (or written to the spool), in the order elements were taken.
 #pragma once
 
-#include "ngx_http_recording_module.h"
+#include "ngx_http_recording_conf.h"
 
 #include "enrichment.h"
 
-// Takes `element` for `key` in the Redis of `conf`. ngx_http_recording_pushed()
-// later tells the request behind `waiter` its fate, exactly once, never
+// init_process: `recording_pending_limit`, the bytes this worker may hold
+// for Redis.
+void ngx_http_recording_queue_init_process(size_t pending_limit) noexcept;
+
+// Takes `element` for `key` in the Redis of `conf`. `waiter->pushed` later
+// tells the request behind `waiter` its fate, exactly once, never
 // from within this call. Returns false, taking nothing, when the element
 // cannot be taken: the worker holds `recording_pending_limit` already, or
 // Redis is unreachable, and there is no spool to take it instead.

@@ -5,7 +5,7 @@
 // master and sends each command to the master owning its key.
 #pragma once
 
-#include "ngx_http_recording_nginx.h"
+#include "ngx_http_recording_conf.h"
 
 #include <deque>
 #include <string>
@@ -28,26 +28,6 @@ public:
     // connection: Redis may have run it, and sending it again may run it
     // twice. False: it never left the worker.
     bool unconfirmed = false;
-};
-
-struct RedisTimeouts {
-    ngx_msec_t connect;
-    ngx_msec_t reply;
-};
-
-// Where one server listens, resolved when the configuration was read.
-struct RedisAddress {
-    ngx_str_t  name;       // "host:port" or "unix:/path", for logs
-    ngx_str_t  host;       // numeric address, NUL-terminated, or empty
-    ngx_int_t  port;
-    ngx_str_t  unix_path;  // NUL-terminated, or empty
-};
-
-// What every new connection sends first (empty or -1: nothing).
-struct RedisLogin {
-    ngx_str_t  user;       // Redis 6 ACL user; empty: the default user
-    ngx_str_t  password;
-    ngx_int_t  db;         // SELECT; -1: none
 };
 
 class RedisRoute {

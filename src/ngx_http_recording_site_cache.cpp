@@ -10,7 +10,7 @@
 // worker to see it takes a short lease and fetches; others meanwhile keep
 // using the old answer instead of fetching too.
 
-#include "ngx_http_recording_module.h"
+#include "ngx_http_recording_site_cache.h"
 
 #include <new>
 

@@ -41,6 +41,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include "ngx_http_recording_redis.h"
 #include "ngx_http_recording_stats.h"
 #include "spool_format.h"
 

@@ -3,7 +3,7 @@
 // into the same queue keys once it can.
 #pragma once
 
-#include "ngx_http_recording_module.h"
+#include "ngx_http_recording_conf.h"
 
 #include <string_view>
 

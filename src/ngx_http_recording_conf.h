@@ -1,0 +1,94 @@
+// The bottom of the glue: the configuration every glue file reads, and the
+// waiter that links a request to the Redis work done for it. Each glue
+// file declares its own functions in its own header.
+#pragma once
+
+#include "ngx_http_recording_nginx.h"
+
+#include <cstdint>
+
+#include "outcome.h"
+
+// How to reach Redis is configuration; the routes that do it
+// (ngx_http_recording_redis.h) come above.
+struct RedisTimeouts {
+    ngx_msec_t connect;
+    ngx_msec_t reply;
+};
+
+// Where one server listens, resolved when the configuration was read.
+struct RedisAddress {
+    ngx_str_t  name;       // "host:port" or "unix:/path", for logs
+    ngx_str_t  host;       // numeric address, NUL-terminated, or empty
+    ngx_int_t  port;
+    ngx_str_t  unix_path;  // NUL-terminated, or empty
+};
+
+// What every new connection sends first (empty or -1: nothing).
+struct RedisLogin {
+    ngx_str_t  user;       // Redis 6 ACL user; empty: the default user
+    ngx_str_t  password;
+    ngx_int_t  db;         // SELECT; -1: none
+};
+
+class RedisRoute;
+
+// Redis as named by one `recording_redis`, resolved when the configuration
+// is read: one server, or a cluster's seed nodes. Each worker keeps its own
+// route (its connections) to it.
+struct ngx_http_recording_redis_server_t {
+    ngx_str_t    name;        // the addresses as written, for logs and figures
+    ngx_str_t    spec;        // every argument: what makes two the same
+    ngx_str_t    id;          // the arguments but the password: kept in spool records
+    ngx_array_t  addresses;   // of RedisAddress
+    ngx_flag_t   cluster;
+    RedisLogin   login;
+    RedisRoute  *route;       // this worker's
+    ngx_int_t    stats_slot;  // in ngx_http_recording_stats, or NGX_ERROR
+};
+
+struct ngx_http_recording_main_conf_t {
+    ngx_array_t      servers;          // of ngx_http_recording_redis_server_t *
+    ngx_shm_zone_t  *site_cache;
+    ssize_t          site_cache_size;
+    ngx_int_t        request_id_index;
+    ngx_flag_t       ingest_used;
+    ngx_flag_t       status_used;
+
+    size_t           pending_limit;    // bytes a worker holds for Redis
+    ngx_str_t        spool_path;       // empty: no spool
+    off_t            spool_max_size;
+    ngx_flag_t       spool_fsync;
+};
+
+struct ngx_http_recording_loc_conf_t {
+    ngx_flag_t                          ingest;
+    ngx_http_complex_value_t           *site_id;
+    ngx_http_complex_value_t           *country;
+    ngx_http_recording_redis_server_t  *redis;
+    ngx_uint_t                          queue_shards;
+    size_t                              max_decoded_size;
+    ngx_uint_t                          max_events;
+    ngx_uint_t                          max_depth;
+    ngx_msec_t                          redis_connect_timeout;
+    ngx_msec_t                          redis_read_timeout;
+    ngx_msec_t                          site_cache_ttl;
+    ngx_uint_t                          batch_elements;
+    size_t                              batch_size;
+    ngx_msec_t                          batch_delay;
+};
+
+// The link between a request and the Redis work done for it. It outlives
+// the request when the client goes away first: the work then finds
+// `request` null and only frees the link. The queue tells the request what
+// became of its element through `pushed`, set by the handler: the queue
+// never calls up into the handler.
+struct ngx_http_recording_waiter_t;
+using ngx_http_recording_pushed_pt = void (*)(ngx_http_recording_waiter_t *waiter,
+                                              recording::Outcome outcome, uint64_t redis_time_us) noexcept;
+
+struct ngx_http_recording_waiter_t {
+    ngx_http_request_t            *request;
+    bool                           in_flight;
+    ngx_http_recording_pushed_pt   pushed;
+};

@@ -1,0 +1,19 @@
+// Answering over HTTP: the small pieces of nginx's request API that the
+// handler and the status page share (ngx_http_recording_http.cpp).
+#pragma once
+
+#include "ngx_http_recording_nginx.h"
+
+#include <string_view>
+
+// Answers with `body`, which must live as long as the request.
+ngx_int_t ngx_http_recording_send(ngx_http_request_t *r, ngx_uint_t status,
+    std::string_view content_type, std::string_view body);
+
+// The first value of a request header nginx keeps no field for, and how
+// many times it was sent.
+ngx_table_elt_t *ngx_http_recording_find_header(ngx_http_request_t *r,
+    std::string_view lowcase_name, ngx_uint_t *count);
+
+// Adds a response header; `key` and `value` must live as long as the request.
+bool ngx_http_recording_add_header(ngx_http_request_t *r, std::string_view key, ngx_str_t value);
