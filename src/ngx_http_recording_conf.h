@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "outcome.h"
+#include "site_settings.h"
 
 // How to reach Redis is configuration; the routes that do it
 // (ngx_http_recording_redis.h) come above.
@@ -80,15 +81,19 @@ struct ngx_http_recording_loc_conf_t {
 
 // The link between a request and the Redis work done for it. It outlives
 // the request when the client goes away first: the work then finds
-// `request` null and only frees the link. The queue tells the request what
-// became of its element through `pushed`, set by the handler: the queue
-// never calls up into the handler.
+// `request` null and only frees the link. The steps below the handler
+// answer through its callbacks, set by the handler, and never call up into
+// it: the site lookup through `site_found` (null settings: Redis could not
+// answer), the queue through `pushed`.
 struct ngx_http_recording_waiter_t;
 using ngx_http_recording_pushed_pt = void (*)(ngx_http_recording_waiter_t *waiter,
                                               recording::Outcome outcome, uint64_t redis_time_us) noexcept;
+using ngx_http_recording_site_found_pt = void (*)(ngx_http_recording_waiter_t *waiter,
+                                                  const recording::SiteSettings *settings) noexcept;
 
 struct ngx_http_recording_waiter_t {
-    ngx_http_request_t            *request;
-    bool                           in_flight;
-    ngx_http_recording_pushed_pt   pushed;
+    ngx_http_request_t                *request;
+    bool                               in_flight;
+    ngx_http_recording_pushed_pt       pushed;
+    ngx_http_recording_site_found_pt   site_found;
 };

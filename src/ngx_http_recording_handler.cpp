@@ -6,7 +6,7 @@
 //
 // Each step's work is done in the file named after it (the core's
 // body_decoder, batch_validator, site_settings, sampling, enrichment and
-// redis_protocol; the glue's body, site_cache and redis); this file only
+// redis_protocol; the glue's body, site and queue); this file only
 // orders the steps, keeps the request's state and answers.
 
 #include "ngx_http_recording_handler.h"
@@ -16,10 +16,7 @@
 #include <new>
 #include <optional>
 #include <string>
-#include <unordered_map>
 #include <vector>
-
-#include <hiredis/hiredis.h>
 
 #include "batch_validator.h"
 #include "enrichment.h"
@@ -28,7 +25,7 @@
 #include "ngx_http_recording_http.h"
 #include "ngx_http_recording_queue.h"
 #include "ngx_http_recording_redis.h"
-#include "ngx_http_recording_site_cache.h"
+#include "ngx_http_recording_site.h"
 #include "ngx_http_recording_stats.h"
 #include "outcome.h"
 #include "redis_protocol.h"
@@ -47,7 +44,6 @@ struct RequestState {
     std::string_view site_id;  // in the request pool
     std::optional<recording::BodyDecoder> decoder;
     recording::ValidatedBatch batch;
-    std::optional<recording::SiteSettings> stale_settings;
     Waiter *waiter = nullptr;
 
     // What the variables tell.
@@ -194,11 +190,12 @@ void finish(RequestState &state, Outcome outcome, bool from_redis)
 }
 
 void pushed(Waiter *waiter, Outcome outcome, uint64_t redis_time_us) noexcept;
+void site_found(Waiter *waiter, const recording::SiteSettings *settings) noexcept;
 
 Waiter *waiter_for(RequestState &state)
 {
     if (state.waiter == nullptr) {
-        state.waiter = new Waiter{state.request, false, pushed};
+        state.waiter = new Waiter{state.request, false, pushed, site_found};
     }
     return state.waiter;
 }
@@ -229,11 +226,6 @@ void pushed(Waiter *waiter, Outcome outcome, uint64_t redis_time_us) noexcept
 }
 
 void continue_with_site(RequestState &state, const recording::SiteSettings &site, bool from_redis);
-
-RedisTimeouts timeouts(const ngx_http_recording_loc_conf_t *conf)
-{
-    return {conf->redis_connect_timeout, conf->redis_read_timeout};
-}
 
 // --- Queueing -------------------------------------------------------------
 
@@ -312,121 +304,40 @@ void continue_with_site(RequestState &state, const recording::SiteSettings &site
 
 // --- Site settings --------------------------------------------------------
 
-// One HMGET per site and worker at a time; requests for a site whose lookup
-// is in flight wait for that one.
-class SiteLookupCall;
-std::unordered_map<std::string, SiteLookupCall *> lookups_in_flight;
-
-std::optional<std::string_view> field(const redisReply *reply)
+// The site lookup's word, when it had to ask Redis (the waiter's
+// `site_found`); null settings: Redis could not answer.
+void site_found(Waiter *waiter, const recording::SiteSettings *settings) noexcept
 {
-    if (reply->type == REDIS_REPLY_STRING) {
-        return std::string_view(reply->str, reply->len);
+    RequestState *state = resume(waiter);
+    if (state == nullptr) {
+        return;
     }
-    return std::nullopt;
+    try {
+        if (settings != nullptr) {
+            continue_with_site(*state, *settings, true);
+        } else {
+            finish(*state, Outcome::queue_unavailable, true);
+        }
+    } catch (const std::exception &) {
+        finish(*state, Outcome::internal_error, true);
+    }
 }
-
-class SiteLookupCall final : public RedisCall {
-public:
-    SiteLookupCall(std::string key, ngx_shm_zone_t *cache) : key_(std::move(key)), cache_(cache) {}
-
-    void add(Waiter *waiter)
-    {
-        waiters_.push_back(waiter);
-        waiter->in_flight = true;
-    }
-
-    void on_reply(const redisReply *reply) noexcept override
-    {
-        lookups_in_flight.erase(key_);
-
-        std::optional<recording::SiteSettings> settings;
-        if (reply != nullptr && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
-            try {
-                settings = recording::site_settings_from_fields(field(reply->element[0]),
-                                                                field(reply->element[1]));
-                ngx_http_recording_site_cache_put(cache_, key_, *settings);
-            } catch (const std::exception &) {
-                settings.reset();  // out of memory: as if Redis had not answered
-            }
-        }
-
-        for (Waiter *waiter : waiters_) {
-            RequestState *state = resume(waiter);
-            if (state == nullptr) {
-                continue;
-            }
-            try {
-                if (settings) {
-                    continue_with_site(*state, *settings, true);
-                } else if (state->stale_settings) {
-                    // Redis cannot answer: the last answer beats failing.
-                    continue_with_site(*state, *state->stale_settings, true);
-                } else {
-                    finish(*state, Outcome::queue_unavailable, true);
-                }
-            } catch (const std::exception &) {
-                finish(*state, Outcome::internal_error, true);
-            }
-        }
-        delete this;
-    }
-
-private:
-    std::string key_;  // the cache's: server and site
-    ngx_shm_zone_t *cache_;
-    std::vector<Waiter *> waiters_;
-};
 
 void look_up_site(RequestState &state)
 {
-    ngx_http_recording_loc_conf_t *conf = state.conf;
-    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
-        ngx_http_get_module_main_conf(state.request, ngx_http_recording_module));
-
-    // Settings are a server's: two locations may read sites from two Redis,
-    // or two databases of one (the id has db= and user=, not the password).
-    std::string key(view(conf->redis->id));
-    key += '/';
-    key.append(state.site_id);
-
-    // A fetch that takes longer than both timeouts has failed anyway.
-    ngx_msec_t lease = conf->redis_connect_timeout + conf->redis_read_timeout;
-    ngx_http_recording_cached_site_t cached =
-        ngx_http_recording_site_cache_get(rmcf->site_cache, key, conf->site_cache_ttl, lease);
-    if (cached.found) {
-        state.stale_settings = cached.settings;
+    recording::SiteSettings settings;
+    switch (ngx_http_recording_site_look_up(state.request, state.conf, state.site_id, waiter_for(state),
+                                            &settings))
+    {
+    case ngx_http_recording_site_answer_e::ready:
+        continue_with_site(state, settings, false);
+        break;
+    case ngx_http_recording_site_answer_e::unavailable:
+        finish(state, Outcome::queue_unavailable, false);
+        break;
+    case ngx_http_recording_site_answer_e::pending:
+        break;  // site_found() goes on
     }
-
-    // While this worker looks the site up, later batches for it wait behind
-    // the lookup whatever the cache says: a session's batches must reach
-    // Redis in the order they were accepted.
-    auto it = lookups_in_flight.find(key);
-    if (it != lookups_in_flight.end()) {
-        it->second->add(waiter_for(state));
-        ngx_http_recording_count(&ngx_http_recording_stats_t::site_cache_misses);
-        return;
-    }
-    if (cached.found && (cached.fresh || !cached.refresh)) {
-        ngx_http_recording_count(&ngx_http_recording_stats_t::site_cache_hits);
-        continue_with_site(state, cached.settings, false);
-        return;
-    }
-    ngx_http_recording_count(&ngx_http_recording_stats_t::site_cache_misses);
-
-    auto *call = new SiteLookupCall(key, rmcf->site_cache);
-    std::string command = recording::format_site_lookup(state.site_id);
-    if (!conf->redis->route->send(recording::site_key(state.site_id), command, call, timeouts(conf))) {
-        delete call;
-        if (state.stale_settings) {
-            continue_with_site(state, *state.stale_settings, false);
-        } else {
-            finish(state, Outcome::queue_unavailable, false);
-        }
-        return;
-    }
-    ngx_http_recording_count(&ngx_http_recording_stats_t::hmget_commands);
-    call->add(waiter_for(state));
-    lookups_in_flight.emplace(std::move(key), call);
 }
 
 // --- Body -----------------------------------------------------------------
