@@ -90,107 +90,25 @@ RequestState *get_state(ngx_http_request_t *r)
     return static_cast<RequestState *>(ngx_http_get_module_ctx(r, ngx_http_recording_module));
 }
 
-// A client told 503 waits this long before sending again: long enough for a
-// failing Redis to be tried again (RedisClient::kRetryInterval), short
-// enough that a browser still on the page sends its batch.
-constexpr std::string_view kRetryAfterSeconds = "5";
-
-ngx_str_t literal(std::string_view s)
-{
-    return {s.size(), (u_char *) s.data()};
-}
-
-std::string_view view(const ngx_str_t &s)
-{
-    return {reinterpret_cast<const char *>(s.data), s.len};
-}
-
-// CONTRACT.md: every answer to a request with an Origin carries these.
-bool add_cors_headers(ngx_http_request_t *r)
-{
-    ngx_uint_t count;
-    ngx_table_elt_t *origin = ngx_http_recording_find_header(r, "origin", &count);
-    if (origin == nullptr) {
-        return true;
-    }
-    return ngx_http_recording_add_header(r, "Access-Control-Allow-Origin", origin->value)
-           && ngx_http_recording_add_header(r, "Access-Control-Allow-Credentials", literal("true"))
-           && ngx_http_recording_add_header(r, "Vary", literal("Origin"));
-}
-
-ngx_int_t send_preflight(ngx_http_request_t *r)
-{
-    if (!ngx_http_recording_add_header(r, "Access-Control-Allow-Methods", literal("POST, OPTIONS"))
-        || !ngx_http_recording_add_header(r, "Access-Control-Allow-Headers", literal("Content-Type, Content-Encoding"))
-        || !ngx_http_recording_add_header(r, "Access-Control-Max-Age", literal("86400")))
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    r->headers_out.status = NGX_HTTP_NO_CONTENT;
-    r->headers_out.content_length_n = 0;
-    r->header_only = 1;
-    return ngx_http_send_header(r);
-}
-
-// Sends the contract's answer for `outcome`; returns what to finalize with.
-ngx_int_t send_response(ngx_http_request_t *r, Outcome outcome)
-{
-    recording::Response response = recording::response_for(outcome);
-    if (outcome == Outcome::method_not_allowed && !ngx_http_recording_add_header(r, "Allow", literal("POST, OPTIONS"))) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    // Redis or the spool cannot take batches now: when to try again.
-    if (outcome == Outcome::queue_unavailable && !ngx_http_recording_add_header(r, "Retry-After", literal(kRetryAfterSeconds))) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    return ngx_http_recording_send(r, static_cast<ngx_uint_t>(response.status), "application/json",
-                                   response.body);
-}
-
-ngx_str_t request_id(ngx_http_request_t *r)
-{
-    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
-        ngx_http_get_module_main_conf(r, ngx_http_recording_module));
-    ngx_http_variable_value_t *v = ngx_http_get_indexed_variable(r, rmcf->request_id_index);
-    if (v == nullptr || v->not_found) {
-        return ngx_null_string;
-    }
-    return {v->len, v->data};
-}
-
-// Counts the outcome and logs a refusal: one line, at info, as refusals
-// are the clients' mistakes (Redis failures are logged by the client, once
-// per change of state).
-void record_outcome(RequestState &state, Outcome outcome)
-{
-    state.outcome = outcome;
-    ngx_http_recording_count_outcome(static_cast<size_t>(outcome));
-    if (outcome == Outcome::queued || outcome == Outcome::sampled_out) {
-        return;
-    }
-    ngx_http_request_t *r = state.request;
-    ngx_str_t id = request_id(r);
-    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                  "recording: batch refused: %s, site \"%*s\", session \"%*s\", request \"%V\"",
-                  recording::outcome_name(outcome).data(), state.site_id.size(), state.site_id.data(),
-                  state.batch.session_id.size(), state.batch.session_id.data(), &id);
-}
-
-// Answers and ends a request whose body was read.
-void finish(RequestState &state, Outcome outcome, bool from_redis)
-{
-    ngx_http_request_t *r = state.request;
-    ngx_connection_t *c = r->connection;
-    record_outcome(state, outcome);
-    ngx_http_finalize_request(r, send_response(r, outcome));
-    if (from_redis) {
-        // We run from the Redis connection's event, not the client's.
-        ngx_http_run_posted_requests(c);
-    }
-}
-
-void pushed(Waiter *waiter, Outcome outcome, uint64_t redis_time_us) noexcept;
+// The steps, in the order a batch meets them; each is defined below in
+// that order, after the handler.
+Outcome decode_and_validate(RequestState &state);
+void body_read(ngx_http_request_t *r) noexcept;
+void look_up_site(RequestState &state);
 void site_found(Waiter *waiter, const recording::SiteSettings *settings) noexcept;
+void continue_with_site(RequestState &state, const recording::SiteSettings &site, bool from_redis);
+recording::IngestFields ingest_fields(RequestState &state);
+void push(RequestState &state, const recording::QueueElement &element, unsigned shard, bool from_redis);
+void pushed(Waiter *waiter, Outcome outcome, uint64_t redis_time_us) noexcept;
+void finish(RequestState &state, Outcome outcome, bool from_redis);
+void record_outcome(RequestState &state, Outcome outcome);
+ngx_int_t send_response(ngx_http_request_t *r, Outcome outcome);
+ngx_int_t answer_without_body(RequestState &state, Outcome outcome);
+bool add_cors_headers(ngx_http_request_t *r);
+ngx_int_t send_preflight(ngx_http_request_t *r);
+std::optional<std::string_view> complex_value(ngx_http_request_t *r, ngx_http_complex_value_t *cv);
+int64_t now_ms();
+ngx_str_t request_id(ngx_http_request_t *r);
 
 Waiter *waiter_for(RequestState &state)
 {
@@ -212,135 +130,60 @@ RequestState *resume(Waiter *waiter)
     return get_state(waiter->request);
 }
 
-// The queue's word on a request's element (the waiter's `pushed`).
-void pushed(Waiter *waiter, Outcome outcome, uint64_t redis_time_us) noexcept
+ngx_str_t literal(std::string_view s)
 {
-    RequestState *state = resume(waiter);
-    if (state == nullptr) {
-        return;
-    }
-    if (outcome == Outcome::queued && redis_time_us != 0) {
-        state->redis_time_us = redis_time_us;
-    }
-    finish(*state, outcome, true);
+    return {s.size(), (u_char *) s.data()};
 }
 
-void continue_with_site(RequestState &state, const recording::SiteSettings &site, bool from_redis);
-
-// --- Queueing -------------------------------------------------------------
-
-void push(RequestState &state, const recording::QueueElement &element, unsigned shard, bool from_redis)
+std::string_view view(const ngx_str_t &s)
 {
-    state.queue = recording::queue_key(shard);
-    if (!ngx_http_recording_queue_push(state.conf, state.queue, element, waiter_for(state))) {
-        finish(state, Outcome::queue_unavailable, from_redis);
-        return;
-    }
-    // The element is copied into its RPUSH: the decoded document (up to the
-    // limit, 2 MiB) need not wait for Redis with the request.
-    state.decoder.reset();
+    return {reinterpret_cast<const char *>(s.data), s.len};
 }
 
-// --- Sampling and enrichment ----------------------------------------------
+}  // namespace
 
-int64_t now_ms()
+ngx_int_t ngx_http_recording_handler(ngx_http_request_t *r) noexcept
 {
-    ngx_time_t *tp = ngx_timeofday();
-    return static_cast<int64_t>(tp->sec) * 1000 + static_cast<int64_t>(tp->msec);
-}
-
-std::optional<std::string_view> complex_value(ngx_http_request_t *r, ngx_http_complex_value_t *cv)
-{
-    ngx_str_t value;
-    if (cv == nullptr || ngx_http_complex_value(r, cv, &value) != NGX_OK) {
-        return std::nullopt;
-    }
-    return view(value);
-}
-
-recording::IngestFields ingest_fields(RequestState &state)
-{
-    ngx_http_request_t *r = state.request;
-    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
-        ngx_http_get_module_main_conf(r, ngx_http_recording_module));
-
-    recording::IngestFields fields;
-    fields.site_id = state.site_id;
-    fields.received_at_ms = now_ms();
-    fields.ip = view(r->connection->addr_text);
-    if (r->headers_in.user_agent != nullptr) {
-        fields.user_agent = view(r->headers_in.user_agent->value);
-    }
-    fields.country = complex_value(r, state.conf->country);
-    ngx_http_variable_value_t *request_id = ngx_http_get_indexed_variable(r, rmcf->request_id_index);
-    if (request_id != nullptr && !request_id->not_found) {
-        fields.request_id = {reinterpret_cast<const char *>(request_id->data), request_id->len};
-    }
-    return fields;
-}
-
-void continue_with_site(RequestState &state, const recording::SiteSettings &site, bool from_redis)
-{
-    if (site.status == recording::SiteStatus::unknown) {
-        finish(state, Outcome::unknown_site, from_redis);
-        return;
-    }
-    if (site.status == recording::SiteStatus::disabled) {
-        finish(state, Outcome::site_disabled, from_redis);
-        return;
-    }
-
-    uint32_t bucket = recording::session_bucket(state.site_id, state.batch.session_id);
-    if (!recording::is_sampled_in(bucket, site.sample_rate)) {
-        finish(state, Outcome::sampled_out, from_redis);
-        return;
-    }
-
-    std::string ingest = recording::ingest_member(ingest_fields(state));
-    recording::QueueElement element(state.decoder->decoded(), state.batch, ingest);
-    unsigned shard = recording::queue_shard(bucket, static_cast<unsigned>(state.conf->queue_shards));
-    push(state, element, shard, from_redis);
-}
-
-// --- Site settings --------------------------------------------------------
-
-// The site lookup's word, when it had to ask Redis (the waiter's
-// `site_found`); null settings: Redis could not answer.
-void site_found(Waiter *waiter, const recording::SiteSettings *settings) noexcept
-{
-    RequestState *state = resume(waiter);
-    if (state == nullptr) {
-        return;
-    }
     try {
-        if (settings != nullptr) {
-            continue_with_site(*state, *settings, true);
-        } else {
-            finish(*state, Outcome::queue_unavailable, true);
+        auto *conf = static_cast<ngx_http_recording_loc_conf_t *>(
+            ngx_http_get_module_loc_conf(r, ngx_http_recording_module));
+
+        RequestState *state = create_state(r, conf);
+        if (state == nullptr || !add_cors_headers(r)) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-    } catch (const std::exception &) {
-        finish(*state, Outcome::internal_error, true);
+        if (r->method == NGX_HTTP_OPTIONS) {
+            state->preflight = true;
+            ngx_http_recording_count(&ngx_http_recording_stats_t::preflights);
+            ngx_int_t rc = ngx_http_discard_request_body(r);
+            return rc != NGX_OK ? rc : send_preflight(r);
+        }
+        if (r->method != NGX_HTTP_POST) {
+            return answer_without_body(*state, Outcome::method_not_allowed);
+        }
+
+        std::optional<std::string_view> site_id = complex_value(r, conf->site_id);
+        if (site_id) {
+            state->site_id = *site_id;
+        }
+        if (!site_id || !recording::is_valid_site_id(*site_id)) {
+            return answer_without_body(*state, Outcome::unknown_site);
+        }
+
+        ngx_int_t rc = ngx_http_read_client_request_body(r, body_read);
+        if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+            return rc;
+        }
+        return NGX_DONE;
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "recording: %s", e.what());
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 }
 
-void look_up_site(RequestState &state)
-{
-    recording::SiteSettings settings;
-    switch (ngx_http_recording_site_look_up(state.request, state.conf, state.site_id, waiter_for(state),
-                                            &settings))
-    {
-    case ngx_http_recording_site_answer_e::ready:
-        continue_with_site(state, settings, false);
-        break;
-    case ngx_http_recording_site_answer_e::unavailable:
-        finish(state, Outcome::queue_unavailable, false);
-        break;
-    case ngx_http_recording_site_answer_e::pending:
-        break;  // site_found() goes on
-    }
-}
+namespace {
 
-// --- Body -----------------------------------------------------------------
+// --- Body --------------------------------------------------------------------
 
 Outcome decode_and_validate(RequestState &state)
 {
@@ -399,7 +242,233 @@ void body_read(ngx_http_request_t *r) noexcept
     }
 }
 
-// --- Variables ------------------------------------------------------------
+// --- Site settings -----------------------------------------------------------
+
+void look_up_site(RequestState &state)
+{
+    recording::SiteSettings settings;
+    switch (ngx_http_recording_site_look_up(state.request, state.conf, state.site_id, waiter_for(state),
+                                            &settings))
+    {
+    case ngx_http_recording_site_answer_e::ready:
+        continue_with_site(state, settings, false);
+        break;
+    case ngx_http_recording_site_answer_e::unavailable:
+        finish(state, Outcome::queue_unavailable, false);
+        break;
+    case ngx_http_recording_site_answer_e::pending:
+        break;  // site_found() goes on
+    }
+}
+
+// The site lookup's word, when it had to ask Redis (the waiter's
+// `site_found`); null settings: Redis could not answer.
+void site_found(Waiter *waiter, const recording::SiteSettings *settings) noexcept
+{
+    RequestState *state = resume(waiter);
+    if (state == nullptr) {
+        return;
+    }
+    try {
+        if (settings != nullptr) {
+            continue_with_site(*state, *settings, true);
+        } else {
+            finish(*state, Outcome::queue_unavailable, true);
+        }
+    } catch (const std::exception &) {
+        finish(*state, Outcome::internal_error, true);
+    }
+}
+
+// --- Sampling and enrichment -------------------------------------------------
+
+void continue_with_site(RequestState &state, const recording::SiteSettings &site, bool from_redis)
+{
+    if (site.status == recording::SiteStatus::unknown) {
+        finish(state, Outcome::unknown_site, from_redis);
+        return;
+    }
+    if (site.status == recording::SiteStatus::disabled) {
+        finish(state, Outcome::site_disabled, from_redis);
+        return;
+    }
+
+    uint32_t bucket = recording::session_bucket(state.site_id, state.batch.session_id);
+    if (!recording::is_sampled_in(bucket, site.sample_rate)) {
+        finish(state, Outcome::sampled_out, from_redis);
+        return;
+    }
+
+    std::string ingest = recording::ingest_member(ingest_fields(state));
+    recording::QueueElement element(state.decoder->decoded(), state.batch, ingest);
+    unsigned shard = recording::queue_shard(bucket, static_cast<unsigned>(state.conf->queue_shards));
+    push(state, element, shard, from_redis);
+}
+
+recording::IngestFields ingest_fields(RequestState &state)
+{
+    ngx_http_request_t *r = state.request;
+    recording::IngestFields fields;
+    fields.site_id = state.site_id;
+    fields.received_at_ms = now_ms();
+    fields.ip = view(r->connection->addr_text);
+    if (r->headers_in.user_agent != nullptr) {
+        fields.user_agent = view(r->headers_in.user_agent->value);
+    }
+    fields.country = complex_value(r, state.conf->country);
+    ngx_str_t id = request_id(r);
+    if (id.data != nullptr) {
+        fields.request_id = view(id);
+    }
+    return fields;
+}
+
+int64_t now_ms()
+{
+    ngx_time_t *tp = ngx_timeofday();
+    return static_cast<int64_t>(tp->sec) * 1000 + static_cast<int64_t>(tp->msec);
+}
+
+std::optional<std::string_view> complex_value(ngx_http_request_t *r, ngx_http_complex_value_t *cv)
+{
+    ngx_str_t value;
+    if (cv == nullptr || ngx_http_complex_value(r, cv, &value) != NGX_OK) {
+        return std::nullopt;
+    }
+    return view(value);
+}
+
+// --- Queueing ----------------------------------------------------------------
+
+void push(RequestState &state, const recording::QueueElement &element, unsigned shard, bool from_redis)
+{
+    state.queue = recording::queue_key(shard);
+    if (!ngx_http_recording_queue_push(state.conf, state.queue, element, waiter_for(state))) {
+        finish(state, Outcome::queue_unavailable, from_redis);
+        return;
+    }
+    // The element is copied into its RPUSH: the decoded document (up to the
+    // limit, 2 MiB) need not wait for Redis with the request.
+    state.decoder.reset();
+}
+
+// The queue's word on a request's element (the waiter's `pushed`).
+void pushed(Waiter *waiter, Outcome outcome, uint64_t redis_time_us) noexcept
+{
+    RequestState *state = resume(waiter);
+    if (state == nullptr) {
+        return;
+    }
+    if (outcome == Outcome::queued && redis_time_us != 0) {
+        state->redis_time_us = redis_time_us;
+    }
+    finish(*state, outcome, true);
+}
+
+void continue_with_site(RequestState &state, const recording::SiteSettings &site, bool from_redis);
+
+// --- Answering ---------------------------------------------------------------
+
+// Answers and ends a request whose body was read.
+void finish(RequestState &state, Outcome outcome, bool from_redis)
+{
+    ngx_http_request_t *r = state.request;
+    ngx_connection_t *c = r->connection;
+    record_outcome(state, outcome);
+    ngx_http_finalize_request(r, send_response(r, outcome));
+    if (from_redis) {
+        // We run from the Redis connection's event, not the client's.
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+// Counts the outcome and logs a refusal: one line, at info, as refusals
+// are the clients' mistakes (Redis failures are logged by the client, once
+// per change of state).
+void record_outcome(RequestState &state, Outcome outcome)
+{
+    state.outcome = outcome;
+    ngx_http_recording_count_outcome(static_cast<size_t>(outcome));
+    if (outcome == Outcome::queued || outcome == Outcome::sampled_out) {
+        return;
+    }
+    ngx_http_request_t *r = state.request;
+    ngx_str_t id = request_id(r);
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "recording: batch refused: %s, site \"%*s\", session \"%*s\", request \"%V\"",
+                  recording::outcome_name(outcome).data(), state.site_id.size(), state.site_id.data(),
+                  state.batch.session_id.size(), state.batch.session_id.data(), &id);
+}
+
+ngx_str_t request_id(ngx_http_request_t *r)
+{
+    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
+        ngx_http_get_module_main_conf(r, ngx_http_recording_module));
+    ngx_http_variable_value_t *v = ngx_http_get_indexed_variable(r, rmcf->request_id_index);
+    if (v == nullptr || v->not_found) {
+        return ngx_null_string;
+    }
+    return {v->len, v->data};
+}
+
+// A client told 503 waits this long before sending again: long enough for a
+// failing Redis to be tried again (RedisClient::kRetryInterval), short
+// enough that a browser still on the page sends its batch.
+constexpr std::string_view kRetryAfterSeconds = "5";
+
+// Sends the contract's answer for `outcome`; returns what to finalize with.
+ngx_int_t send_response(ngx_http_request_t *r, Outcome outcome)
+{
+    recording::Response response = recording::response_for(outcome);
+    if (outcome == Outcome::method_not_allowed && !ngx_http_recording_add_header(r, "Allow", literal("POST, OPTIONS"))) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    // Redis or the spool cannot take batches now: when to try again.
+    if (outcome == Outcome::queue_unavailable && !ngx_http_recording_add_header(r, "Retry-After", literal(kRetryAfterSeconds))) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    return ngx_http_recording_send(r, static_cast<ngx_uint_t>(response.status), "application/json",
+                                   response.body);
+}
+
+ngx_int_t answer_without_body(RequestState &state, Outcome outcome)
+{
+    record_outcome(state, outcome);
+    ngx_int_t rc = ngx_http_discard_request_body(state.request);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+    return send_response(state.request, outcome);
+}
+
+// CONTRACT.md: every answer to a request with an Origin carries these.
+bool add_cors_headers(ngx_http_request_t *r)
+{
+    ngx_uint_t count;
+    ngx_table_elt_t *origin = ngx_http_recording_find_header(r, "origin", &count);
+    if (origin == nullptr) {
+        return true;
+    }
+    return ngx_http_recording_add_header(r, "Access-Control-Allow-Origin", origin->value)
+           && ngx_http_recording_add_header(r, "Access-Control-Allow-Credentials", literal("true"))
+           && ngx_http_recording_add_header(r, "Vary", literal("Origin"));
+}
+
+ngx_int_t send_preflight(ngx_http_request_t *r)
+{
+    if (!ngx_http_recording_add_header(r, "Access-Control-Allow-Methods", literal("POST, OPTIONS"))
+        || !ngx_http_recording_add_header(r, "Access-Control-Allow-Headers", literal("Content-Type, Content-Encoding"))
+        || !ngx_http_recording_add_header(r, "Access-Control-Max-Age", literal("86400")))
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    r->headers_out.status = NGX_HTTP_NO_CONTENT;
+    r->headers_out.content_length_n = 0;
+    r->header_only = 1;
+    return ngx_http_send_header(r);
+}
+
+// --- Variables ---------------------------------------------------------------
 
 enum class Variable : uintptr_t { outcome, session_id, queue, decoded_bytes, redis_time };
 
@@ -456,16 +525,6 @@ ngx_int_t get_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uint
     return NGX_OK;
 }
 
-ngx_int_t answer_without_body(RequestState &state, Outcome outcome)
-{
-    record_outcome(state, outcome);
-    ngx_int_t rc = ngx_http_discard_request_body(state.request);
-    if (rc != NGX_OK) {
-        return rc;
-    }
-    return send_response(state.request, outcome);
-}
-
 }  // namespace
 
 ngx_int_t ngx_http_recording_add_variables(ngx_conf_t *cf) noexcept
@@ -489,43 +548,4 @@ ngx_int_t ngx_http_recording_add_variables(ngx_conf_t *cf) noexcept
         v->data = static_cast<uintptr_t>(variable.which);
     }
     return NGX_OK;
-}
-
-ngx_int_t ngx_http_recording_handler(ngx_http_request_t *r) noexcept
-{
-    try {
-        auto *conf = static_cast<ngx_http_recording_loc_conf_t *>(
-            ngx_http_get_module_loc_conf(r, ngx_http_recording_module));
-
-        RequestState *state = create_state(r, conf);
-        if (state == nullptr || !add_cors_headers(r)) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-        if (r->method == NGX_HTTP_OPTIONS) {
-            state->preflight = true;
-            ngx_http_recording_count(&ngx_http_recording_stats_t::preflights);
-            ngx_int_t rc = ngx_http_discard_request_body(r);
-            return rc != NGX_OK ? rc : send_preflight(r);
-        }
-        if (r->method != NGX_HTTP_POST) {
-            return answer_without_body(*state, Outcome::method_not_allowed);
-        }
-
-        std::optional<std::string_view> site_id = complex_value(r, conf->site_id);
-        if (site_id) {
-            state->site_id = *site_id;
-        }
-        if (!site_id || !recording::is_valid_site_id(*site_id)) {
-            return answer_without_body(*state, Outcome::unknown_site);
-        }
-
-        ngx_int_t rc = ngx_http_read_client_request_body(r, body_read);
-        if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
-            return rc;
-        }
-        return NGX_DONE;
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "recording: %s", e.what());
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
 }
