@@ -10,6 +10,19 @@ extern "C" {
 // Defined in ngx_http_recording_module.cpp; nginx finds it by this C name.
 extern "C" ngx_module_t ngx_http_recording_module;
 
+#include <string_view>
+
+// Whether `s` begins with `prefix`, and what follows it.
+inline bool ngx_http_recording_starts_with(const ngx_str_t &s, std::string_view prefix) noexcept
+{
+    return s.len >= prefix.size() && ngx_strncmp(s.data, prefix.data(), prefix.size()) == 0;
+}
+
+inline ngx_str_t ngx_http_recording_after(const ngx_str_t &s, std::string_view prefix) noexcept
+{
+    return {s.len - prefix.size(), s.data + prefix.size()};
+}
+
 // What the module's own timers point their `data` at when they belong to no
 // connection: nginx's debug logging of timers reads a connection's fd
 // through every timer's `data` (ngx_event_ident), so it must not be null.
