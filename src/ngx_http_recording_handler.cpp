@@ -118,6 +118,11 @@ Waiter *waiter_for(RequestState &state)
     return state.waiter;
 }
 
+Waiter *waiter_of_request(ngx_http_request_t *r)
+{
+    return waiter_for(*get_state(r));
+}
+
 // Resumes a request when its Redis call completes; false when the request
 // is gone (the waiter is then freed).
 RequestState *resume(Waiter *waiter)
@@ -128,16 +133,6 @@ RequestState *resume(Waiter *waiter)
         return nullptr;
     }
     return get_state(waiter->request);
-}
-
-ngx_str_t literal(std::string_view s)
-{
-    return {s.size(), (u_char *) s.data()};
-}
-
-std::string_view view(const ngx_str_t &s)
-{
-    return {reinterpret_cast<const char *>(s.data), s.len};
 }
 
 }  // namespace
@@ -193,7 +188,7 @@ Outcome decode_and_validate(RequestState &state)
     ngx_uint_t count;
     ngx_table_elt_t *header = ngx_http_recording_find_header(r, "content-encoding", &count);
     recording::ContentEncoding encoding = recording::classify_content_encoding(
-        header != nullptr ? view(header->value) : std::string_view());
+        header != nullptr ? ngx_http_recording_view(header->value) : std::string_view());
     if (count > 1) {
         encoding = recording::ContentEncoding::unsupported;  // a list in disguise
     }
@@ -247,7 +242,7 @@ void body_read(ngx_http_request_t *r) noexcept
 void look_up_site(RequestState &state)
 {
     recording::SiteSettings settings;
-    switch (ngx_http_recording_site_look_up(state.request, state.conf, state.site_id, waiter_for(state),
+    switch (ngx_http_recording_site_look_up(state.request, state.conf, state.site_id, waiter_of_request,
                                             &settings))
     {
     case ngx_http_recording_site_answer_e::ready:
@@ -311,14 +306,14 @@ recording::IngestFields ingest_fields(RequestState &state)
     recording::IngestFields fields;
     fields.site_id = state.site_id;
     fields.received_at_ms = now_ms();
-    fields.ip = view(r->connection->addr_text);
+    fields.ip = ngx_http_recording_view(r->connection->addr_text);
     if (r->headers_in.user_agent != nullptr) {
-        fields.user_agent = view(r->headers_in.user_agent->value);
+        fields.user_agent = ngx_http_recording_view(r->headers_in.user_agent->value);
     }
     fields.country = complex_value(r, state.conf->country);
     ngx_str_t id = request_id(r);
     if (id.data != nullptr) {
-        fields.request_id = view(id);
+        fields.request_id = ngx_http_recording_view(id);
     }
     return fields;
 }
@@ -335,7 +330,7 @@ std::optional<std::string_view> complex_value(ngx_http_request_t *r, ngx_http_co
     if (cv == nullptr || ngx_http_complex_value(r, cv, &value) != NGX_OK) {
         return std::nullopt;
     }
-    return view(value);
+    return ngx_http_recording_view(value);
 }
 
 // --- Queueing ----------------------------------------------------------------
@@ -420,11 +415,11 @@ constexpr std::string_view kRetryAfterSeconds = "5";
 ngx_int_t send_response(ngx_http_request_t *r, Outcome outcome)
 {
     recording::Response response = recording::response_for(outcome);
-    if (outcome == Outcome::method_not_allowed && !ngx_http_recording_add_header(r, "Allow", literal("POST, OPTIONS"))) {
+    if (outcome == Outcome::method_not_allowed && !ngx_http_recording_add_header(r, "Allow", "POST, OPTIONS")) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     // Redis or the spool cannot take batches now: when to try again.
-    if (outcome == Outcome::queue_unavailable && !ngx_http_recording_add_header(r, "Retry-After", literal(kRetryAfterSeconds))) {
+    if (outcome == Outcome::queue_unavailable && !ngx_http_recording_add_header(r, "Retry-After", kRetryAfterSeconds)) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     return ngx_http_recording_send(r, static_cast<ngx_uint_t>(response.status), "application/json",
@@ -450,15 +445,15 @@ bool add_cors_headers(ngx_http_request_t *r)
         return true;
     }
     return ngx_http_recording_add_header(r, "Access-Control-Allow-Origin", origin->value)
-           && ngx_http_recording_add_header(r, "Access-Control-Allow-Credentials", literal("true"))
-           && ngx_http_recording_add_header(r, "Vary", literal("Origin"));
+           && ngx_http_recording_add_header(r, "Access-Control-Allow-Credentials", "true")
+           && ngx_http_recording_add_header(r, "Vary", "Origin");
 }
 
 ngx_int_t send_preflight(ngx_http_request_t *r)
 {
-    if (!ngx_http_recording_add_header(r, "Access-Control-Allow-Methods", literal("POST, OPTIONS"))
-        || !ngx_http_recording_add_header(r, "Access-Control-Allow-Headers", literal("Content-Type, Content-Encoding"))
-        || !ngx_http_recording_add_header(r, "Access-Control-Max-Age", literal("86400")))
+    if (!ngx_http_recording_add_header(r, "Access-Control-Allow-Methods", "POST, OPTIONS")
+        || !ngx_http_recording_add_header(r, "Access-Control-Allow-Headers", "Content-Type, Content-Encoding")
+        || !ngx_http_recording_add_header(r, "Access-Control-Max-Age", "86400"))
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }

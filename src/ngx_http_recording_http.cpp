@@ -3,20 +3,11 @@
 
 #include "ngx_http_recording_http.h"
 
-namespace {
-
-ngx_str_t literal(std::string_view s)
-{
-    return {s.size(), (u_char *) s.data()};
-}
-
-}  // namespace
-
 ngx_int_t ngx_http_recording_send(ngx_http_request_t *r, ngx_uint_t status, std::string_view content_type,
                                   std::string_view body)
 {
     r->headers_out.status = status;
-    r->headers_out.content_type = literal(content_type);
+    r->headers_out.content_type = ngx_http_recording_str(content_type);
     r->headers_out.content_type_len = content_type.size();
     r->headers_out.content_type_lowcase = nullptr;
     r->headers_out.content_length_n = static_cast<off_t>(body.size());

@@ -17,3 +17,7 @@ ngx_table_elt_t *ngx_http_recording_find_header(ngx_http_request_t *r,
 
 // Adds a response header; `key` and `value` must live as long as the request.
 bool ngx_http_recording_add_header(ngx_http_request_t *r, std::string_view key, ngx_str_t value);
+inline bool ngx_http_recording_add_header(ngx_http_request_t *r, std::string_view key, std::string_view value)
+{
+    return ngx_http_recording_add_header(r, key, ngx_http_recording_str(value));
+}

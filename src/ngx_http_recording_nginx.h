@@ -12,6 +12,17 @@ extern "C" ngx_module_t ngx_http_recording_module;
 
 #include <string_view>
 
+// nginx's strings and C++'s: `s` must outlive what is made of it.
+inline ngx_str_t ngx_http_recording_str(std::string_view s) noexcept
+{
+    return {s.size(), (u_char *) s.data()};
+}
+
+inline std::string_view ngx_http_recording_view(const ngx_str_t &s) noexcept
+{
+    return {reinterpret_cast<const char *>(s.data), s.len};
+}
+
 // Whether `s` begins with `prefix`, and what follows it.
 inline bool ngx_http_recording_starts_with(const ngx_str_t &s, std::string_view prefix) noexcept
 {

@@ -79,8 +79,8 @@ private:
 }  // namespace
 
 ngx_http_recording_site_answer_e ngx_http_recording_site_look_up(ngx_http_request_t *r,
-    ngx_http_recording_loc_conf_t *conf, std::string_view site_id, Waiter *waiter,
-    recording::SiteSettings *settings)
+    ngx_http_recording_loc_conf_t *conf, std::string_view site_id,
+    ngx_http_recording_waiter_of_pt waiter_of, recording::SiteSettings *settings)
 {
     using Answer = ngx_http_recording_site_answer_e;
     auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
@@ -88,7 +88,7 @@ ngx_http_recording_site_answer_e ngx_http_recording_site_look_up(ngx_http_reques
 
     // Settings are a server's: two locations may read sites from two Redis,
     // or two databases of one (the id has db= and user=, not the password).
-    std::string key(reinterpret_cast<const char *>(conf->redis->id.data), conf->redis->id.len);
+    std::string key(ngx_http_recording_view(conf->redis->id));
     key += '/';
     key.append(site_id);
 
@@ -103,7 +103,7 @@ ngx_http_recording_site_answer_e ngx_http_recording_site_look_up(ngx_http_reques
 
     auto it = lookups_in_flight.find(key);
     if (it != lookups_in_flight.end()) {
-        it->second->add(waiter, std::move(stale));
+        it->second->add(waiter_of(r), std::move(stale));
         ngx_http_recording_count(&ngx_http_recording_stats_t::site_cache_misses);
         return Answer::pending;
     }
@@ -117,6 +117,7 @@ ngx_http_recording_site_answer_e ngx_http_recording_site_look_up(ngx_http_reques
     // Everything that may throw comes before send(): once Redis has the
     // command, its reply must find the waiter.
     std::string command = recording::format_site_lookup(site_id);
+    Waiter *waiter = waiter_of(r);
     auto call = std::make_unique<SiteLookupCall>(key, rmcf->site_cache);
     call->add(waiter, stale);
     auto [slot, inserted] = lookups_in_flight.emplace(std::move(key), call.get());

@@ -12,8 +12,12 @@
 enum class ngx_http_recording_site_answer_e {
     ready,        // `*settings` holds the answer
     unavailable,  // Redis cannot answer, and no earlier answer is known
-    pending,      // `waiter->site_found` will tell, from Redis's event
+    pending,      // the waiter's `site_found` will tell, from Redis's event
 };
+
+// The request's waiter, made only when the lookup has to wait: most
+// requests are answered from the cache and need none.
+using ngx_http_recording_waiter_of_pt = ngx_http_recording_waiter_t *(*)(ngx_http_request_t *r);
 
 // Looks up the settings of `site_id` in the Redis of `conf`. While this
 // worker fetches a site, later requests for it wait behind that fetch
@@ -22,4 +26,4 @@ enum class ngx_http_recording_site_answer_e {
 // cache held is used. Throws std::bad_alloc, having taken nothing.
 ngx_http_recording_site_answer_e ngx_http_recording_site_look_up(ngx_http_request_t *r,
     ngx_http_recording_loc_conf_t *conf, std::string_view site_id,
-    ngx_http_recording_waiter_t *waiter, recording::SiteSettings *settings);
+    ngx_http_recording_waiter_of_pt waiter_of, recording::SiteSettings *settings);

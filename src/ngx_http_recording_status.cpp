@@ -105,9 +105,9 @@ ngx_int_t ngx_http_recording_status_handler(ngx_http_request_t *r) noexcept
         ngx_table_elt_t *accept = ngx_http_recording_find_header(r, "accept", &count);
         std::string_view accept_value;
         if (accept != nullptr) {
-            accept_value = {reinterpret_cast<const char *>(accept->value.data), accept->value.len};
+            accept_value = ngx_http_recording_view(accept->value);
         }
-        if (recording::wants_prometheus({reinterpret_cast<const char *>(format.data), format.len}, accept_value)) {
+        if (recording::wants_prometheus(ngx_http_recording_view(format), accept_value)) {
             return send_status(r, recording::render_prometheus(m), "text/plain; version=0.0.4; charset=utf-8");
         }
         return send_status(r, recording::render_json(m), "application/json");
