@@ -63,15 +63,6 @@ constexpr RedisTimeouts kDefaultTimeouts = {1000, 1000};
 constexpr std::string_view kAsking = "*1\r\n$6\r\nASKING\r\n";
 constexpr std::string_view kClusterSlots = "*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
 
-bool before(ngx_msec_t a, ngx_msec_t b) noexcept
-{
-    return static_cast<ngx_msec_int_t>(a - b) < 0;
-}
-
-ngx_str_t ngx_view(const std::string &s) noexcept
-{
-    return {s.size(), reinterpret_cast<u_char *>(const_cast<char *>(s.data()))};
-}
 
 // A node of the cluster and this worker's connection to it.
 struct Node {
@@ -314,8 +305,8 @@ Node *ClusterRoute::node(const NodeAddress &address) noexcept
         n->address = address;
         n->name = address.name();
         n->host = address.host;
-        n->redis_address.name = ngx_view(n->name);
-        n->redis_address.host = ngx_view(n->host);  // c_str(): NUL-terminated
+        n->redis_address.name = ngx_http_recording_str(n->name);
+        n->redis_address.host = ngx_http_recording_str(n->host);  // c_str(): NUL-terminated
         n->redis_address.port = address.port;
         n->client.reset(new (std::nothrow) RedisClient(n->redis_address, login_, log_, connections_));
         if (n->client == nullptr) {
@@ -449,7 +440,7 @@ void ClusterRoute::on_command_reply(ClusterCommand *cmd, const redisReply *reply
         // never came up did not leave: it waits for a map that routes it.
         if (!closing_ && from != nullptr) {
             from->failed = true;
-            if (!from->client->connected() && before(ngx_current_msec, cmd->wait_until)
+            if (!from->client->connected() && ngx_http_recording_before(ngx_current_msec, cmd->wait_until)
                 && wait_for_map(cmd, cmd->wait_until))
             {
                 return;
@@ -539,7 +530,7 @@ void ClusterRoute::follow(ClusterCommand *cmd, Node *from, std::string_view erro
 void ClusterRoute::retry_later(ClusterCommand *cmd, std::string_view error, const redisReply *reply) noexcept
 {
     ngx_msec_t due = ngx_current_msec + kRetryDelay;
-    if (before(cmd->retry_until, due)) {
+    if (ngx_http_recording_before(cmd->retry_until, due)) {
         answer(cmd, reply);
         return;
     }
@@ -568,7 +559,7 @@ void ClusterRoute::on_retry_timer(ngx_event_t *ev) noexcept
     auto *self = static_cast<ClusterRoute *>(ev->data);
     std::deque<ClusterCommand *> due;
     // Every retry waits kRetryDelay: the list is in the order they are due.
-    while (!self->retries_.empty() && !before(ngx_current_msec, self->retries_.front()->due)) {
+    while (!self->retries_.empty() && !ngx_http_recording_before(ngx_current_msec, self->retries_.front()->due)) {
         ClusterCommand *cmd = self->retries_.front();
         try {
             due.push_back(cmd);
@@ -602,7 +593,7 @@ bool ClusterRoute::wait_for_map(ClusterCommand *cmd, ngx_msec_t deadline) noexce
     waiting_bytes_ += cmd->command.size();
     cmd->due = deadline;
     cmd->waited = true;
-    if (!wait_timer_.timer_set || before(cmd->due, wait_timer_.timer.key)) {
+    if (!wait_timer_.timer_set || ngx_http_recording_before(cmd->due, wait_timer_.timer.key)) {
         arm(&wait_timer_, cmd->due);
     }
     request_refresh();
@@ -615,7 +606,7 @@ void ClusterRoute::on_wait_timer(ngx_event_t *ev) noexcept
     std::deque<ClusterCommand *> late, still;
     try {
         for (ClusterCommand *cmd : self->waiting_) {
-            (before(ngx_current_msec, cmd->due) ? still : late).push_back(cmd);
+            (ngx_http_recording_before(ngx_current_msec, cmd->due) ? still : late).push_back(cmd);
         }
     } catch (const std::bad_alloc &) {
         self->arm(&self->wait_timer_, ngx_current_msec + 1);
@@ -626,7 +617,7 @@ void ClusterRoute::on_wait_timer(ngx_event_t *ev) noexcept
     ngx_msec_t next = 0;
     for (ClusterCommand *cmd : self->waiting_) {
         self->waiting_bytes_ += cmd->command.size();
-        if (next == 0 || before(cmd->due, next)) {
+        if (next == 0 || ngx_http_recording_before(cmd->due, next)) {
             next = cmd->due;
         }
     }
@@ -656,7 +647,7 @@ void ClusterRoute::dispatch_waiting() noexcept
             continue;
         }
         bool kept = false;
-        if (before(ngx_current_msec, cmd->due)) {
+        if (ngx_http_recording_before(ngx_current_msec, cmd->due)) {
             try {
                 waiting_.push_back(cmd);
                 waiting_bytes_ += cmd->command.size();
@@ -676,7 +667,7 @@ void ClusterRoute::dispatch_waiting() noexcept
     if (!waiting_.empty()) {
         ngx_msec_t next = waiting_.front()->due;
         for (ClusterCommand *cmd : waiting_) {
-            if (before(cmd->due, next)) {
+            if (ngx_http_recording_before(cmd->due, next)) {
                 next = cmd->due;
             }
         }
@@ -698,8 +689,7 @@ void ClusterRoute::fail_all(std::deque<ClusterCommand *> &commands) noexcept
 
 void ClusterRoute::arm(ngx_event_t *ev, ngx_msec_t due) noexcept
 {
-    auto left = static_cast<ngx_msec_int_t>(due - ngx_current_msec);
-    ngx_add_timer(ev, left > 0 ? static_cast<ngx_msec_t>(left) : 0);
+    ngx_add_timer(ev, ngx_http_recording_left(due));
 }
 
 // --- The slot map ----------------------------------------------------------

@@ -42,3 +42,17 @@ inline ngx_connection_t ngx_http_recording_no_connection = [] {
     c.fd = static_cast<ngx_socket_t>(-1);
     return c;
 }();
+
+// nginx's millisecond clock wraps around: times are compared by the sign of
+// their difference, never directly.
+inline bool ngx_http_recording_before(ngx_msec_t a, ngx_msec_t b) noexcept
+{
+    return static_cast<ngx_msec_int_t>(a - b) < 0;
+}
+
+// Milliseconds from now until `due`; 0 once it has passed.
+inline ngx_msec_t ngx_http_recording_left(ngx_msec_t due) noexcept
+{
+    auto left = static_cast<ngx_msec_int_t>(due - ngx_current_msec);
+    return left > 0 ? static_cast<ngx_msec_t>(left) : 0;
+}

@@ -58,11 +58,10 @@ bool RedisClient::connect(ngx_msec_t timeout) noexcept
         return false;
     }
     if (ac->err) {
-        if (!failing_) {
+        if (failing_.begins()) {
             ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis %V: connect failed: %s",
                           &address_.name, ac->errstr);
         }
-        failing_ = true;
         redisAsyncFree(ac);
         return false;
     }
@@ -144,19 +143,18 @@ void RedisClient::on_login_reply(redisAsyncContext *ac, void *reply, void *) noe
         return;  // the connection is going: cleanup() answers what is held
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        if (!self->login_refused_) {
+        if (self->login_refused_.begins()) {
             ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: login refused: %*s",
                           &self->address_.name, r->len, r->str);
         }
-        self->login_refused_ = true;
-        self->failing_ = true;
+        self->failing_.begins();
         self->login_replies_ = 0;
         self->mark_unreachable();
         redisAsyncFree(ac);  // from a callback: once it returns
         return;
     }
     if (--self->login_replies_ == 0) {
-        self->login_refused_ = false;
+        self->login_refused_.ends();
         self->send_held();
     }
 }
@@ -186,12 +184,7 @@ void RedisClient::mark_unreachable() noexcept
 
 bool RedisClient::available() noexcept
 {
-    if (unreachable_ && context_ == nullptr
-        && static_cast<ngx_msec_int_t>(retry_at_ - ngx_current_msec) > 0)
-    {
-        return false;
-    }
-    return true;
+    return !(unreachable_ && context_ == nullptr && ngx_http_recording_before(ngx_current_msec, retry_at_));
 }
 
 bool RedisClient::send(std::string_view, std::string_view command, RedisCall *call,
@@ -240,8 +233,8 @@ bool RedisClient::send(std::string_view command, RedisCall *call, const RedisTim
 // deadline known when it was armed, and re-armed when it fires early.
 void RedisClient::arm_reply_timer(ngx_msec_t timeout) noexcept
 {
-    if (reply_timer_.timer_set &&
-        static_cast<ngx_msec_int_t>(reply_timer_.timer.key - (ngx_current_msec + timeout)) <= 0)
+    if (reply_timer_.timer_set
+        && !ngx_http_recording_before(ngx_current_msec + timeout, reply_timer_.timer.key))
     {
         return;
     }
@@ -281,17 +274,15 @@ void RedisClient::note_reply(const redisReply *reply) noexcept
         if (text.substr(0, 6) == "MOVED " || text.substr(0, 4) == "ASK ") {
             return;
         }
-        if (!failing_) {
+        if (failing_.begins()) {
             ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis %V: error reply: %*s", &address_.name,
                           reply->len, reply->str);
         }
-        failing_ = true;
         return;
     }
     ngx_http_recording_count(&ngx_http_recording_stats_t::replies_ok);
-    if (failing_) {
+    if (failing_.ends()) {
         ngx_log_error(NGX_LOG_NOTICE, log_, 0, "recording: redis %V: answering again", &address_.name);
-        failing_ = false;
     }
 }
 
@@ -300,11 +291,10 @@ void RedisClient::on_connected(const redisAsyncContext *ac, int status) noexcept
     auto *self = static_cast<RedisClient *>(ac->data);
     if (status != REDIS_OK) {
         // hiredis frees the context after this returns: cleanup() follows.
-        if (!self->failing_) {
+        if (self->failing_.begins()) {
             ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: connect failed: %s",
                           &self->address_.name, ac->errstr);
         }
-        self->failing_ = true;
         return;
     }
     self->connected_ = true;
@@ -323,11 +313,10 @@ void RedisClient::on_disconnected(const redisAsyncContext *ac, int status) noexc
 {
     auto *self = static_cast<RedisClient *>(ac->data);
     if (status != REDIS_OK) {
-        if (!self->failing_) {
+        if (self->failing_.begins()) {
             ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: connection lost: %s",
                           &self->address_.name, ac->errstr);
         }
-        self->failing_ = true;
     }
 }
 
@@ -355,11 +344,10 @@ void RedisClient::on_connect_timeout(ngx_event_t *ev) noexcept
     if (self->context_ == nullptr || self->connected_) {
         return;
     }
-    if (!self->failing_) {
+    if (self->failing_.begins()) {
         ngx_log_error(NGX_LOG_ERR, self->log_, NGX_ETIMEDOUT, "recording: redis %V: connect timed out",
                       &self->address_.name);
     }
-    self->failing_ = true;
     self->mark_unreachable();
     redisAsyncFree(self->context_);
 }
@@ -372,21 +360,19 @@ void RedisClient::on_reply_timeout(ngx_event_t *ev) noexcept
     }
     ngx_msec_t earliest = self->pending_.front()->deadline;
     for (RedisCall *call : self->pending_) {
-        if (static_cast<ngx_msec_int_t>(call->deadline - earliest) < 0) {
+        if (ngx_http_recording_before(call->deadline, earliest)) {
             earliest = call->deadline;
         }
     }
-    auto left = static_cast<ngx_msec_int_t>(earliest - ngx_current_msec);
-    if (left > 0) {
-        ngx_add_timer(&self->reply_timer_, static_cast<ngx_msec_t>(left));
+    if (ngx_msec_t left = ngx_http_recording_left(earliest); left > 0) {
+        ngx_add_timer(&self->reply_timer_, left);
         return;
     }
     // Replies come in order, so nothing after the late one can come either.
-    if (!self->failing_) {
+    if (self->failing_.begins()) {
         ngx_log_error(NGX_LOG_ERR, self->log_, NGX_ETIMEDOUT,
                       "recording: redis %V: no reply in time, dropping the connection", &self->address_.name);
     }
-    self->failing_ = true;
     // A server that does not answer is as good as unreachable.
     self->mark_unreachable();
     redisAsyncFree(self->context_);

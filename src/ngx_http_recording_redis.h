@@ -6,6 +6,7 @@
 #pragma once
 
 #include "ngx_http_recording_conf.h"
+#include "spell.h"
 
 #include <deque>
 #include <string>
@@ -114,7 +115,7 @@ private:
     bool connected_ = false;
     // Redis is failing (connect, loss, timeout): errors are logged once per
     // change of state, and the recovery when a reply comes again.
-    bool failing_ = false;
+    recording::Spell failing_;
     bool attempted_before_ = false;  // later attempts to connect are reconnects
     // A connect or a reply timed out: no attempt before this time.
     bool unreachable_ = false;
@@ -131,7 +132,7 @@ private:
     };
     std::deque<HeldCommand> held_;
     unsigned login_replies_ = 0;   // login replies still to come
-    bool login_refused_ = false;   // logged once per change of state
+    recording::Spell login_refused_;
 
     ngx_event_t connect_timer_{};
     ngx_event_t reply_timer_{};

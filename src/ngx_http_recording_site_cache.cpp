@@ -43,17 +43,13 @@ ngx_str_t site_cache_name = ngx_string("recording_site_cache");
 
 bool expired(ngx_msec_t deadline) noexcept
 {
-    return static_cast<ngx_msec_int_t>(deadline - ngx_current_msec) <= 0;
+    return !ngx_http_recording_before(ngx_current_msec, deadline);
 }
 
-ngx_str_t str(std::string_view s) noexcept
-{
-    return {s.size(), reinterpret_cast<u_char *>(const_cast<char *>(s.data()))};
-}
 
 site_node_t *find_locked(site_cache_t *cache, std::string_view key) noexcept
 {
-    ngx_str_t k = str(key);
+    ngx_str_t k = ngx_http_recording_str(key);
     auto *sn = ngx_str_rbtree_lookup(&cache->sh->tree, &k, ngx_crc32_short(k.data, k.len));
     return reinterpret_cast<site_node_t *>(sn);
 }
