@@ -220,4 +220,57 @@ bool SlotTable::same_owners(const SlotTable& other) const noexcept
     return true;
 }
 
+bool read_slots(const ReplyView& reply, std::string_view asked_host, SlotMap& map, std::string& error)
+{
+    using Type = ReplyView::Type;
+    if (reply.type == Type::error) {
+        error.assign(reply.text);
+        return false;
+    }
+    if (reply.type != Type::array) {
+        error = "not an array";
+        return false;
+    }
+    for (const ReplyView& range : reply.elements) {
+        if (range.type != Type::array || range.elements.size() < 3 || range.elements[0].type != Type::integer
+            || range.elements[1].type != Type::integer || range.elements[2].type != Type::array
+            || range.elements[2].elements.size() < 2)
+        {
+            error = "a malformed slot range";
+            return false;
+        }
+        const ReplyView& host = range.elements[2].elements[0];
+        const ReplyView& port = range.elements[2].elements[1];
+        if ((host.type != Type::string && host.type != Type::nil) || port.type != Type::integer || port.integer <= 0
+            || port.integer > 65535)
+        {
+            error = "a malformed node address";
+            return false;
+        }
+        NodeAddress address;
+        address.host.assign(host.type == Type::nil || host.text.empty() ? asked_host : host.text);
+        address.port = static_cast<uint16_t>(port.integer);
+        if (!is_ip_literal(address.host)) {
+            if (map.skipped++ == 0) {
+                map.skipped_name = address.host;
+            }
+            continue;
+        }
+        long long start = range.elements[0].integer;
+        long long end = range.elements[1].integer;
+        if (start < 0 || end < 0
+            || !map.table.assign(static_cast<unsigned>(start), static_cast<unsigned>(end), address))
+        {
+            error = "a slot range out of bounds";
+            return false;
+        }
+    }
+    if (map.table.empty()) {
+        error = map.skipped != 0 ? "every master is named by a host name, which a worker does not resolve"
+                                 : "no slot is assigned";
+        return false;
+    }
+    return true;
+}
+
 }  // namespace recording

@@ -103,4 +103,33 @@ private:
     size_t covered_ = 0;
 };
 
+// A Redis reply as far as reading the slot map needs it. The glue copies
+// hiredis's reply into one, so the core sees no hiredis type; `text`
+// points into the reply it was made from.
+struct ReplyView {
+    enum class Type { array, integer, string, nil, error, other };
+
+    Type type = Type::other;
+    std::string_view text;            // string, error
+    long long integer = 0;            // integer
+    std::vector<ReplyView> elements;  // array
+};
+
+// The map a CLUSTER SLOTS reply gives.
+struct SlotMap {
+    SlotTable table;
+    // Slot ranges left out because their master is named by a host name
+    // (a worker never blocks on a name lookup), and the first such name.
+    size_t skipped = 0;
+    std::string skipped_name;
+};
+
+// Reads a CLUSTER SLOTS reply:
+//   [[start, end, [host, port, id, ...], replicas...], ...]
+// host is NULL or empty for "the node you asked", whose host is
+// `asked_host`. False, with why in `error`, when the reply is an error, is
+// malformed (a range or an address), puts a slot out of bounds, or assigns
+// no slot. Throws std::bad_alloc.
+bool read_slots(const ReplyView& reply, std::string_view asked_host, SlotMap& map, std::string& error);
+
 }  // namespace recording

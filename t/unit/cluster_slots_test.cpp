@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "cluster_slots.h"
@@ -232,4 +234,239 @@ TEST(SlotTable, SameOwnersComparesAddressesNotIndexes)
     EXPECT_FALSE(one.same_owners(partial));
     EXPECT_FALSE(partial.same_owners(one));
     EXPECT_TRUE(SlotTable().same_owners(SlotTable()));
+}
+
+// --- Reading a CLUSTER SLOTS reply ----------------------------------------
+
+namespace {
+
+using Type = ReplyView::Type;
+
+ReplyView integer(long long value)
+{
+    ReplyView v;
+    v.type = Type::integer;
+    v.integer = value;
+    return v;
+}
+
+ReplyView text(Type type, std::string_view value)
+{
+    ReplyView v;
+    v.type = type;
+    v.text = value;
+    return v;
+}
+
+ReplyView str(std::string_view value) { return text(Type::string, value); }
+
+ReplyView nil()
+{
+    ReplyView v;
+    v.type = Type::nil;
+    return v;
+}
+
+ReplyView array(std::vector<ReplyView> elements)
+{
+    ReplyView v;
+    v.type = Type::array;
+    v.elements = std::move(elements);
+    return v;
+}
+
+// [start, end, [host, port, id]] as Redis writes a range with no replica.
+ReplyView range(long long start, long long end, ReplyView host, long long port)
+{
+    return array({integer(start), integer(end), array({std::move(host), integer(port), str("0123abcd")})});
+}
+
+constexpr std::string_view kAsked = "10.0.0.9";
+
+struct Read {
+    bool ok;
+    SlotMap map;
+    std::string error;
+};
+
+Read read(const ReplyView& reply, std::string_view asked = kAsked)
+{
+    Read r;
+    r.ok = read_slots(reply, asked, r.map, r.error);
+    return r;
+}
+
+std::string refusal(const ReplyView& reply)
+{
+    Read r = read(reply);
+    EXPECT_FALSE(r.ok);
+    return r.error;
+}
+
+NodeAddress owner_of(const SlotMap& map, unsigned slot)
+{
+    int index = map.table.owner(slot);
+    return index == SlotTable::kNone ? NodeAddress{} : map.table.nodes()[static_cast<size_t>(index)];
+}
+
+}  // namespace
+
+TEST(ReadSlots, ThreeMastersWithReplicas)
+{
+    ReplyView reply = array({
+        range(0, 5460, str("127.0.0.1"), 7000),
+        range(5461, 10922, str("127.0.0.1"), 7001),
+        range(10923, 16383, str("::1"), 7002),
+    });
+    // Replicas follow the master in a range: they are not routed to.
+    reply.elements[0].elements.push_back(array({str("127.0.0.1"), integer(7003), str("replica")}));
+    Read r = read(reply);
+    ASSERT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.map.table.covered(), 16384u);
+    EXPECT_EQ(r.map.table.masters(), 3u);
+    EXPECT_EQ(owner_of(r.map, 0), (NodeAddress{"127.0.0.1", 7000}));
+    EXPECT_EQ(owner_of(r.map, 5461), (NodeAddress{"127.0.0.1", 7001}));
+    EXPECT_EQ(owner_of(r.map, 16383), (NodeAddress{"::1", 7002}));
+    EXPECT_EQ(r.map.skipped, 0u);
+    EXPECT_TRUE(r.error.empty());
+}
+
+TEST(ReadSlots, AnErrorReplyIsTheError)
+{
+    EXPECT_EQ(refusal(text(Type::error, "ERR This instance has cluster support disabled")),
+              "ERR This instance has cluster support disabled");
+}
+
+TEST(ReadSlots, OnlyAnArrayIsAMap)
+{
+    EXPECT_EQ(refusal(str("OK")), "not an array");
+    EXPECT_EQ(refusal(integer(1)), "not an array");
+    EXPECT_EQ(refusal(nil()), "not an array");
+    EXPECT_EQ(refusal(ReplyView{}), "not an array");
+}
+
+TEST(ReadSlots, AnEmptyMapAssignsNoSlot)
+{
+    EXPECT_EQ(refusal(array({})), "no slot is assigned");
+}
+
+TEST(ReadSlots, MalformedRanges)
+{
+    const std::string malformed = "a malformed slot range";
+    ReplyView good = range(0, 10, str("127.0.0.1"), 7000);
+    auto with = [&](ReplyView bad) { return array({good, std::move(bad)}); };
+
+    EXPECT_EQ(refusal(with(integer(3))), malformed);
+    EXPECT_EQ(refusal(with(array({integer(0), integer(10)}))), malformed);  // no master
+    ReplyView start = range(0, 10, str("127.0.0.1"), 7000);
+    start.elements[0] = str("0");
+    EXPECT_EQ(refusal(with(start)), malformed);
+    ReplyView end = range(0, 10, str("127.0.0.1"), 7000);
+    end.elements[1] = nil();
+    EXPECT_EQ(refusal(with(end)), malformed);
+    ReplyView master = range(0, 10, str("127.0.0.1"), 7000);
+    master.elements[2] = str("127.0.0.1:7000");
+    EXPECT_EQ(refusal(with(master)), malformed);
+    ReplyView short_master = range(0, 10, str("127.0.0.1"), 7000);
+    short_master.elements[2].elements.resize(1);  // a host, no port
+    EXPECT_EQ(refusal(with(short_master)), malformed);
+    // A master of host and port only (Redis before 4.0 sent no id) is fine.
+    ReplyView old = range(11, 20, str("127.0.0.1"), 7001);
+    old.elements[2].elements.resize(2);
+    EXPECT_TRUE(read(with(old)).ok);
+}
+
+TEST(ReadSlots, MalformedAddresses)
+{
+    const std::string malformed = "a malformed node address";
+    EXPECT_EQ(refusal(array({range(0, 10, integer(127), 7000)})), malformed);
+    EXPECT_EQ(refusal(array({range(0, 10, text(Type::other, "127.0.0.1"), 7000)})), malformed);
+    EXPECT_EQ(refusal(array({range(0, 10, str("127.0.0.1"), 0)})), malformed);
+    EXPECT_EQ(refusal(array({range(0, 10, str("127.0.0.1"), -7000)})), malformed);
+    EXPECT_EQ(refusal(array({range(0, 10, str("127.0.0.1"), 65536)})), malformed);
+    ReplyView port_as_text = range(0, 10, str("127.0.0.1"), 7000);
+    port_as_text.elements[2].elements[1] = str("7000");
+    port_as_text.elements[2].elements[1].integer = 7000;  // only an integer reply is read as one
+    EXPECT_EQ(refusal(array({port_as_text})), malformed);
+    // An address is checked before its name: a host name with a bad port
+    // is malformed, not skipped.
+    EXPECT_EQ(refusal(array({range(0, 10, str("redis-1.example"), 0)})), malformed);
+
+    Read lowest = read(array({range(0, 10, str("127.0.0.1"), 1)}));
+    ASSERT_TRUE(lowest.ok) << lowest.error;
+    EXPECT_EQ(owner_of(lowest.map, 0).port, 1);
+    Read highest = read(array({range(0, 10, str("127.0.0.1"), 65535)}));
+    ASSERT_TRUE(highest.ok) << highest.error;
+    EXPECT_EQ(owner_of(highest.map, 0).port, 65535);
+}
+
+TEST(ReadSlots, NoHostMeansTheNodeAsked)
+{
+    Read r = read(array({range(0, 99, nil(), 7000), range(100, 199, str(""), 7001)}));
+    ASSERT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(owner_of(r.map, 0), (NodeAddress{std::string(kAsked), 7000}));
+    EXPECT_EQ(owner_of(r.map, 100), (NodeAddress{std::string(kAsked), 7001}));
+    EXPECT_EQ(r.map.skipped, 0u);
+}
+
+TEST(ReadSlots, HostNamesAreSkippedAndCounted)
+{
+    Read r = read(array({
+        range(0, 99, str("redis-1.example"), 7000),
+        range(100, 199, str("127.0.0.1"), 7001),
+        range(200, 299, str("redis-2.example"), 7002),
+    }));
+    ASSERT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.map.skipped, 2u);
+    EXPECT_EQ(r.map.skipped_name, "redis-1.example");  // the first one
+    EXPECT_EQ(r.map.table.covered(), 100u);
+    EXPECT_EQ(r.map.table.owner(0), SlotTable::kNone);
+    EXPECT_EQ(r.map.table.owner(299), SlotTable::kNone);
+    EXPECT_EQ(owner_of(r.map, 150), (NodeAddress{"127.0.0.1", 7001}));
+    // The node asked is named too when it is a host name.
+    Read asked = read(array({range(0, 99, nil(), 7000), range(100, 199, str("127.0.0.1"), 7001)}), "redis-0");
+    ASSERT_TRUE(asked.ok) << asked.error;
+    EXPECT_EQ(asked.map.skipped, 1u);
+    EXPECT_EQ(asked.map.skipped_name, "redis-0");
+}
+
+TEST(ReadSlots, OnlyHostNamesIsNoMap)
+{
+    ReplyView reply = array({range(0, 8191, str("redis-1.example"), 7000),
+                             range(8192, 16383, str("redis-2.example"), 7001)});
+    EXPECT_EQ(refusal(reply), "every master is named by a host name, which a worker does not resolve");
+}
+
+TEST(ReadSlots, RangesOutOfBounds)
+{
+    const std::string out = "a slot range out of bounds";
+    ReplyView good = range(0, 10, str("127.0.0.1"), 7000);
+    EXPECT_EQ(refusal(array({good, range(-1, 10, str("127.0.0.1"), 7001)})), out);
+    EXPECT_EQ(refusal(array({good, range(0, -1, str("127.0.0.1"), 7001)})), out);
+    EXPECT_EQ(refusal(array({good, range(16000, 16384, str("127.0.0.1"), 7001)})), out);
+    EXPECT_EQ(refusal(array({good, range(20, 10, str("127.0.0.1"), 7001)})), out);
+    // A negative number is out of bounds even where it would wrap around
+    // to a slot: 5 - 2^32 is not slot 5.
+    EXPECT_EQ(refusal(array({good, range(5 - (1LL << 32), 10, str("127.0.0.1"), 7001)})), out);
+    EXPECT_EQ(refusal(array({good, range(0, 10 - (1LL << 32), str("127.0.0.1"), 7001)})), out);
+    // The whole reply is refused, not just the bad range.
+    EXPECT_EQ(refusal(array({range(20, 10, str("127.0.0.1"), 7001), good})), out);
+    // A skipped range's slots are not looked at.
+    Read skipped = read(array({good, range(20, 10, str("redis-1.example"), 7001)}));
+    EXPECT_TRUE(skipped.ok) << skipped.error;
+    EXPECT_EQ(skipped.map.skipped, 1u);
+    // One slot is a range.
+    Read one = read(array({range(16383, 16383, str("127.0.0.1"), 7000)}));
+    ASSERT_TRUE(one.ok) << one.error;
+    EXPECT_EQ(one.map.table.covered(), 1u);
+}
+
+TEST(ReadSlots, LaterRangesWin)
+{
+    Read r = read(array({range(0, 99, str("127.0.0.1"), 7000), range(50, 60, str("127.0.0.1"), 7001)}));
+    ASSERT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.map.table.covered(), 100u);
+    EXPECT_EQ(owner_of(r.map, 49).port, 7000);
+    EXPECT_EQ(owner_of(r.map, 55).port, 7001);
+    EXPECT_EQ(owner_of(r.map, 61).port, 7000);
 }
