@@ -6,6 +6,10 @@
 
 #include <string_view>
 
+// The start of a page (status, health): GET or HEAD only, and any body
+// discarded. NGX_OK to go on; else what the handler returns.
+ngx_int_t ngx_http_recording_open_page(ngx_http_request_t *r) noexcept;
+
 // Answers with `body`, which must live as long as the request.
 ngx_int_t ngx_http_recording_send(ngx_http_request_t *r, ngx_uint_t status,
     std::string_view content_type, std::string_view body);

@@ -546,6 +546,16 @@ bool ngx_http_recording_spool_holds_records() noexcept
     return conf != nullptr && spool_exists();
 }
 
+bool ngx_http_recording_spool_has_room() noexcept
+{
+    if (conf == nullptr || writer.failing) {
+        return false;
+    }
+    // Full: the last batch did not fit, and the file it did not fit in has
+    // not been replayed since. How big the next batch is, nobody knows.
+    return !(writer.full && spool_exists());
+}
+
 bool ngx_http_recording_spool_write(ngx_http_recording_redis_server_t *server, std::string_view key,
                                     uint32_t elements, std::string_view command) noexcept
 {
