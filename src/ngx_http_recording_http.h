@@ -1,5 +1,5 @@
 // Answering over HTTP: the small pieces of nginx's request API that the
-// handler and the status page share (ngx_http_recording_http.cpp).
+// handler and the status and health pages share (ngx_http_recording_http.cpp).
 #pragma once
 
 #include "ngx_http_recording_nginx.h"
