@@ -1,7 +1,15 @@
 // Answering over HTTP: the pieces of nginx's request API that the handler
-// and the status page share.
+// and the status and health pages share.
 
 #include "ngx_http_recording_http.h"
+
+ngx_int_t ngx_http_recording_open_page(ngx_http_request_t *r) noexcept
+{
+    if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+    return ngx_http_discard_request_body(r);
+}
 
 ngx_int_t ngx_http_recording_send(ngx_http_request_t *r, ngx_uint_t status, std::string_view content_type,
                                   std::string_view body)

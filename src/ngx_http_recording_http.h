@@ -1,10 +1,14 @@
 // Answering over HTTP: the small pieces of nginx's request API that the
-// handler and the status page share (ngx_http_recording_http.cpp).
+// handler and the status and health pages share (ngx_http_recording_http.cpp).
 #pragma once
 
 #include "ngx_http_recording_nginx.h"
 
 #include <string_view>
+
+// The start of a page (status, health): GET or HEAD only, and any body
+// discarded. NGX_OK to go on; else what the handler returns.
+ngx_int_t ngx_http_recording_open_page(ngx_http_request_t *r) noexcept;
 
 // Answers with `body`, which must live as long as the request.
 ngx_int_t ngx_http_recording_send(ngx_http_request_t *r, ngx_uint_t status,

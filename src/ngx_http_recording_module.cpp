@@ -7,6 +7,7 @@
 
 #include "ngx_http_recording_cluster.h"
 #include "ngx_http_recording_handler.h"
+#include "ngx_http_recording_health.h"
 #include "ngx_http_recording_queue.h"
 #include "ngx_http_recording_redis.h"
 #include "ngx_http_recording_redis_conf.h"
@@ -74,6 +75,7 @@ bounds_t pending_limit_bounds = {check_bounds, 64 * 1024, 0};
 
 char *set_ingest(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
 char *set_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
+char *set_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
 char *set_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
 char *set_spool(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
 
@@ -85,6 +87,10 @@ ngx_command_t commands[] = {
     {ngx_string("recording_status"),
      NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
      set_status, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+
+    {ngx_string("recording_health"),
+     NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+     set_health, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
 
     {ngx_string("recording_site_id"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -303,22 +309,35 @@ char *set_ingest(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept
     return NGX_CONF_OK;
 }
 
-char *set_status(ngx_conf_t *cf, ngx_command_t *, void *) noexcept
+// The status and health pages each take a location of their own.
+char *set_page(ngx_conf_t *cf, ngx_http_handler_pt handler) noexcept
 {
     auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
         ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
-    if (clcf->handler == ngx_http_recording_status_handler) {
+    if (clcf->handler == handler) {
         return const_cast<char *>("is duplicate");
     }
     if (clcf->handler != nullptr) {
         return const_cast<char *>("cannot share a location with another content handler such as \"recording_ingest\"");
     }
-    clcf->handler = ngx_http_recording_status_handler;
-
-    auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
-        ngx_http_conf_get_module_main_conf(cf, ngx_http_recording_module));
-    rmcf->status_used = 1;
+    clcf->handler = handler;
     return NGX_CONF_OK;
+}
+
+char *set_status(ngx_conf_t *cf, ngx_command_t *, void *) noexcept
+{
+    char *rv = set_page(cf, ngx_http_recording_status_handler);
+    if (rv == NGX_CONF_OK) {
+        auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
+            ngx_http_conf_get_module_main_conf(cf, ngx_http_recording_module));
+        rmcf->status_used = 1;
+    }
+    return rv;
+}
+
+char *set_health(ngx_conf_t *cf, ngx_command_t *, void *) noexcept
+{
+    return set_page(cf, ngx_http_recording_health_handler);
 }
 
 char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept

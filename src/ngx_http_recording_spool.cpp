@@ -49,6 +49,11 @@ bool ngx_http_recording_spool_holds_records() noexcept
     return state.conf != nullptr && ngx_http_recording_spool_exists();
 }
 
+bool ngx_http_recording_spool_has_room() noexcept
+{
+    return state.conf != nullptr && ngx_http_recording_spool_writer_can_take();
+}
+
 bool ngx_http_recording_spool_write(ngx_http_recording_redis_server_t *server, std::string_view key,
                                     uint32_t elements, std::string_view command) noexcept
 {

@@ -14,6 +14,11 @@ bool ngx_http_recording_spool_enabled() noexcept;
 // behind them, so that a session's batches keep their order.
 bool ngx_http_recording_spool_holds_records() noexcept;
 
+// Whether the spool can take batches: configured, its last write did not
+// fail, and the last batch it was given fitted (or the file it did not fit
+// in has been replayed since).
+bool ngx_http_recording_spool_has_room() noexcept;
+
 // Appends one RPUSH command (of `elements` elements) meant for `server`
 // and `key`. True once written, and synced with `recording_spool_fsync
 // on`; false when the spool is full or the write failed.

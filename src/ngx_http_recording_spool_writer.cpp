@@ -185,6 +185,11 @@ bool ngx_http_recording_spool_append(ngx_http_recording_redis_server_t *server, 
     }
 }
 
+bool ngx_http_recording_spool_writer_can_take() noexcept
+{
+    return !writer.failing.on() && !(writer.full.on() && ngx_http_recording_spool_exists());
+}
+
 void ngx_http_recording_spool_writer_close() noexcept
 {
     close_writer();

@@ -15,5 +15,10 @@
 bool ngx_http_recording_spool_append(ngx_http_recording_redis_server_t *server, std::string_view key,
     uint32_t elements, std::string_view command) noexcept;
 
+// False while the last write failed, or while the last batch did not fit
+// and the file it did not fit in has not been replayed since (how big the
+// next batch is, nobody knows).
+bool ngx_http_recording_spool_writer_can_take() noexcept;
+
 // exit_process: closes the file.
 void ngx_http_recording_spool_writer_close() noexcept;

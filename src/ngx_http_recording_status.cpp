@@ -84,11 +84,7 @@ ngx_int_t send_status(ngx_http_request_t *r, const std::string &body, std::strin
 
 ngx_int_t ngx_http_recording_status_handler(ngx_http_request_t *r) noexcept
 {
-    if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
-        return NGX_HTTP_NOT_ALLOWED;
-    }
-    ngx_int_t rc = ngx_http_discard_request_body(r);
-    if (rc != NGX_OK) {
+    if (ngx_int_t rc = ngx_http_recording_open_page(r); rc != NGX_OK) {
         return rc;
     }
     if (ngx_http_recording_stats == nullptr) {
