@@ -84,16 +84,23 @@ struct ngx_http_recording_loc_conf_t {
 // `request` null and only frees the link. The steps below the handler
 // answer through its callbacks, set by the handler, and never call up into
 // it: the site lookup through `site_found` (null settings: Redis could not
-// answer), the queue through `pushed`.
+// answer), the budget through `budget_decided`, the queue through `pushed`.
 struct ngx_http_recording_waiter_t;
 using ngx_http_recording_pushed_pt = void (*)(ngx_http_recording_waiter_t *waiter,
                                               recording::Outcome outcome, uint64_t redis_time_us) noexcept;
 using ngx_http_recording_site_found_pt = void (*)(ngx_http_recording_waiter_t *waiter,
                                                   const recording::SiteSettings *settings) noexcept;
+using ngx_http_recording_budget_decided_pt = void (*)(ngx_http_recording_waiter_t *waiter,
+                                                      bool admitted) noexcept;
 
 struct ngx_http_recording_waiter_t {
     ngx_http_request_t                *request;
     bool                               in_flight;
     ngx_http_recording_pushed_pt       pushed;
     ngx_http_recording_site_found_pt   site_found;
+    ngx_http_recording_budget_decided_pt  budget_decided;
 };
+
+// The request's waiter, made only when a step has to wait: most requests
+// are answered from caches and need none.
+using ngx_http_recording_waiter_of_pt = ngx_http_recording_waiter_t *(*)(ngx_http_request_t *r);

@@ -1,12 +1,14 @@
 // The content handler: one batch's path through the module.
 //
 //   method and CORS -> site id -> read the body -> decode -> validate
-//   -> site settings (shared cache, else Redis) -> sample -> enrich
+//   -> site settings (shared cache, else Redis) -> sample
+//   -> daily budget (the worker's memory, else Redis) -> enrich
 //   -> RPUSH -> answer once Redis acknowledged.
 //
 // Each step's work is done in the file named after it (the core's
-// body_decoder, batch_validator, site_settings, sampling, enrichment and
-// redis_protocol; the glue's body, site and queue); this file only
+// body_decoder, batch_validator, site_settings, sampling, budget,
+// enrichment and redis_protocol; the glue's body, site, budget and queue);
+// this file only
 // orders the steps, keeps the request's state and answers.
 
 #include "ngx_http_recording_handler.h"
@@ -21,6 +23,7 @@
 #include "batch_validator.h"
 #include "enrichment.h"
 #include "ngx_http_recording_body.h"
+#include "ngx_http_recording_budget.h"
 #include "ngx_http_recording_conf.h"
 #include "ngx_http_recording_http.h"
 #include "ngx_http_recording_queue.h"
@@ -44,6 +47,7 @@ struct RequestState {
     std::string_view site_id;  // in the request pool
     std::optional<recording::BodyDecoder> decoder;
     recording::ValidatedBatch batch;
+    uint32_t bucket = 0;       // the session's sampling bucket: its queue shard
     Waiter *waiter = nullptr;
 
     // What the variables tell.
@@ -97,12 +101,15 @@ void body_read(ngx_http_request_t *r) noexcept;
 void look_up_site(RequestState &state);
 void site_found(Waiter *waiter, const recording::SiteSettings *settings) noexcept;
 void continue_with_site(RequestState &state, const recording::SiteSettings &site, bool from_redis);
+void budget_decided(Waiter *waiter, bool admitted) noexcept;
+void enrich_and_push(RequestState &state, bool from_redis);
 recording::IngestFields ingest_fields(RequestState &state);
 void push(RequestState &state, const recording::QueueElement &element, unsigned shard, bool from_redis);
 void pushed(Waiter *waiter, Outcome outcome, uint64_t redis_time_us) noexcept;
 void finish(RequestState &state, Outcome outcome, bool from_redis);
 void record_outcome(RequestState &state, Outcome outcome);
 ngx_int_t send_response(ngx_http_request_t *r, Outcome outcome);
+bool add_retry_at_midnight(ngx_http_request_t *r);
 ngx_int_t answer_without_body(RequestState &state, Outcome outcome);
 bool add_cors_headers(ngx_http_request_t *r);
 ngx_int_t send_preflight(ngx_http_request_t *r);
@@ -113,7 +120,7 @@ ngx_str_t request_id(ngx_http_request_t *r);
 Waiter *waiter_for(RequestState &state)
 {
     if (state.waiter == nullptr) {
-        state.waiter = new Waiter{state.request, false, pushed, site_found};
+        state.waiter = new Waiter{state.request, false, pushed, site_found, budget_decided};
     }
     return state.waiter;
 }
@@ -288,15 +295,54 @@ void continue_with_site(RequestState &state, const recording::SiteSettings &site
         return;
     }
 
-    uint32_t bucket = recording::session_bucket(state.site_id, state.batch.session_id);
-    if (!recording::is_sampled_in(bucket, site.sample_rate)) {
+    state.bucket = recording::session_bucket(state.site_id, state.batch.session_id);
+    if (!recording::is_sampled_in(state.bucket, site.sample_rate)) {
         finish(state, Outcome::sampled_out, from_redis);
         return;
     }
 
+    if (site.budget_unreadable) {
+        ngx_http_recording_budget_warn_unreadable(state.request->connection->log, state.site_id);
+    }
+    if (site.budget) {
+        switch (ngx_http_recording_budget_check(state.request, state.conf, state.site_id, state.batch.session_id,
+                                                *site.budget, now_ms(), waiter_of_request))
+        {
+        case ngx_http_recording_budget_answer_e::refused:
+            finish(state, Outcome::quota_exceeded, from_redis);
+            return;
+        case ngx_http_recording_budget_answer_e::pending:
+            return;  // budget_decided() goes on
+        case ngx_http_recording_budget_answer_e::admitted:
+            break;
+        }
+    }
+    enrich_and_push(state, from_redis);
+}
+
+// The budget's word, when it had to ask Redis (the waiter's `budget_decided`).
+void budget_decided(Waiter *waiter, bool admitted) noexcept
+{
+    RequestState *state = resume(waiter);
+    if (state == nullptr) {
+        return;
+    }
+    try {
+        if (admitted) {
+            enrich_and_push(*state, true);
+        } else {
+            finish(*state, Outcome::quota_exceeded, true);
+        }
+    } catch (const std::exception &) {
+        finish(*state, Outcome::internal_error, true);
+    }
+}
+
+void enrich_and_push(RequestState &state, bool from_redis)
+{
     std::string ingest = recording::ingest_member(ingest_fields(state));
     recording::QueueElement element(state.decoder->decoded(), state.batch, ingest);
-    unsigned shard = recording::queue_shard(bucket, static_cast<unsigned>(state.conf->queue_shards));
+    unsigned shard = recording::queue_shard(state.bucket, static_cast<unsigned>(state.conf->queue_shards));
     push(state, element, shard, from_redis);
 }
 
@@ -360,8 +406,6 @@ void pushed(Waiter *waiter, Outcome outcome, uint64_t redis_time_us) noexcept
     finish(*state, outcome, true);
 }
 
-void continue_with_site(RequestState &state, const recording::SiteSettings &site, bool from_redis);
-
 // --- Answering ---------------------------------------------------------------
 
 // Answers and ends a request whose body was read.
@@ -411,6 +455,16 @@ ngx_str_t request_id(ngx_http_request_t *r)
 // enough that a browser still on the page sends its batch.
 constexpr std::string_view kRetryAfterSeconds = "5";
 
+bool add_retry_at_midnight(ngx_http_request_t *r)
+{
+    auto *value = static_cast<u_char *>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
+    if (value == nullptr) {
+        return false;
+    }
+    u_char *end = ngx_sprintf(value, "%L", static_cast<int64_t>(recording::seconds_to_next_utc_midnight(now_ms())));
+    return ngx_http_recording_add_header(r, "Retry-After", ngx_str_t{static_cast<size_t>(end - value), value});
+}
+
 // Sends the contract's answer for `outcome`; returns what to finalize with.
 ngx_int_t send_response(ngx_http_request_t *r, Outcome outcome)
 {
@@ -420,6 +474,10 @@ ngx_int_t send_response(ngx_http_request_t *r, Outcome outcome)
     }
     // Redis or the spool cannot take batches now: when to try again.
     if (outcome == Outcome::queue_unavailable && !ngx_http_recording_add_header(r, "Retry-After", kRetryAfterSeconds)) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    // The day's budget is used up: a new session may start at midnight, UTC.
+    if (outcome == Outcome::quota_exceeded && !add_retry_at_midnight(r)) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     return ngx_http_recording_send(r, static_cast<ngx_uint_t>(response.status), "application/json",

@@ -52,10 +52,13 @@ public:
         lookups_in_flight.erase(key_);
 
         std::optional<recording::SiteSettings> settings;
-        if (reply != nullptr && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+        // Two fields at least: the budget's are read when the reply has them.
+        if (reply != nullptr && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 2) {
             try {
-                settings = recording::site_settings_from_fields(field(reply->element[0]),
-                                                                field(reply->element[1]));
+                auto nth = [reply](size_t i) {
+                    return i < reply->elements ? field(reply->element[i]) : std::nullopt;
+                };
+                settings = recording::site_settings_from_fields(nth(0), nth(1), nth(2), nth(3));
                 ngx_http_recording_site_cache_put(cache_, key_, *settings);
             } catch (const std::exception &) {
                 settings.reset();  // out of memory: as if Redis had not answered

@@ -15,10 +15,6 @@ enum class ngx_http_recording_site_answer_e {
     pending,      // the waiter's `site_found` will tell, from Redis's event
 };
 
-// The request's waiter, made only when the lookup has to wait: most
-// requests are answered from the cache and need none.
-using ngx_http_recording_waiter_of_pt = ngx_http_recording_waiter_t *(*)(ngx_http_request_t *r);
-
 // Looks up the settings of `site_id` in the Redis of `conf`. While this
 // worker fetches a site, later requests for it wait behind that fetch
 // whatever the cache says, so that a session's batches reach Redis in the

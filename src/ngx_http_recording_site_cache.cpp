@@ -24,9 +24,15 @@ struct site_node_t {
     ngx_msec_t         fetched;
     ngx_msec_t         lease_until;
     double             sample_rate;
+    uint64_t           daily_sessions;
     uint8_t            status;    // recording::SiteStatus
+    uint8_t            budget;    // kHasBudget | kPaceEven | kBudgetUnreadable
     u_char             key[1];    // allocated to the key's length
 };
+
+constexpr uint8_t kHasBudget = 1;
+constexpr uint8_t kPaceEven = 2;
+constexpr uint8_t kBudgetUnreadable = 4;
 
 struct site_cache_sh_t {
     ngx_rbtree_t       tree;
@@ -152,6 +158,10 @@ ngx_http_recording_cached_site_t ngx_http_recording_site_cache_get(ngx_shm_zone_
         result.fresh = !expired(node->fetched + ttl);
         result.settings.status = static_cast<recording::SiteStatus>(node->status);
         result.settings.sample_rate = node->sample_rate;
+        if (node->budget & kHasBudget) {
+            result.settings.budget = recording::DailyBudget{node->daily_sessions, (node->budget & kPaceEven) != 0};
+        }
+        result.settings.budget_unreadable = (node->budget & kBudgetUnreadable) != 0;
         if (!result.fresh && expired(node->lease_until)) {
             node->lease_until = ngx_current_msec + lease;
             result.refresh = true;
@@ -183,6 +193,10 @@ void ngx_http_recording_site_cache_put(ngx_shm_zone_t *zone, std::string_view ke
     if (node != nullptr) {
         node->status = static_cast<uint8_t>(settings.status);
         node->sample_rate = settings.sample_rate;
+        node->daily_sessions = settings.budget ? settings.budget->sessions : 0;
+        node->budget = static_cast<uint8_t>((settings.budget ? kHasBudget : 0)
+                                            | (settings.budget && settings.budget->pace_even ? kPaceEven : 0)
+                                            | (settings.budget_unreadable ? kBudgetUnreadable : 0));
         node->fetched = ngx_current_msec;
         node->lease_until = ngx_current_msec;  // released
     }

@@ -39,6 +39,8 @@ struct ngx_http_recording_stats_t {
     ngx_atomic_t  site_cache_hits;
     ngx_atomic_t  site_cache_misses;
     ngx_atomic_t  site_cache_entries;
+    ngx_atomic_t  budget_commands;      // sessions' first batches asked of Redis
+    ngx_atomic_t  budget_unavailable;   // ... that Redis could not answer: admitted
 
     // Redis servers by name; slots stay across reloads.
     ngx_uint_t    nservers;

@@ -56,6 +56,8 @@ recording::MetricsSnapshot snapshot(const ngx_http_recording_stats_t &s,
     m.site_cache_hits = load(s.site_cache_hits);
     m.site_cache_misses = load(s.site_cache_misses);
     m.site_cache_entries = load(s.site_cache_entries);
+    m.budget_commands = load(s.budget_commands);
+    m.budget_unavailable = load(s.budget_unavailable);
 
     // The servers of this configuration, not every one ever seen.
     auto **servers = static_cast<ngx_http_recording_redis_server_t **>(rmcf.servers.elts);

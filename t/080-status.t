@@ -22,7 +22,7 @@ my $P = 'nginx_recording_';
 # The outcomes, as the status names them (internal_error is "internal").
 my @OUTCOMES = qw(queued sampled_out method_not_allowed unknown_site site_disabled
                   unsupported_encoding invalid_encoding payload_too_large invalid_json
-                  invalid_session_id invalid_seq invalid_events queue_unavailable internal);
+                  invalid_session_id invalid_seq invalid_events quota_exceeded queue_unavailable internal);
 # The histogram's upper bounds, in order, as both formats write them.
 my @LE = qw(0.0005 0.001 0.002 0.005 0.01 0.02 0.05 0.1 0.2 0.5 1 2 +Inf);
 
@@ -145,6 +145,8 @@ sub prometheus_twins {
             for my $c (keys %$v) {
                 $p{"${P}site_cache_" . ($c eq 'entries' ? $c : "${c}_total")} = $v->{$c};
             }
+        } elsif ($k eq 'budget') {
+            $p{"${P}budget_${_}_total"} = $v->{$_} for keys %$v;
         } else {
             push @unknown, $k;
         }

@@ -199,6 +199,11 @@ std::string render_json(const MetricsSnapshot& m)
             cache.number("misses", m.site_cache_misses);
             cache.number("entries", m.site_cache_entries);
         }
+        {
+            JsonObject budget(root.key("budget"));
+            budget.number("commands", m.budget_commands);
+            budget.number("unavailable", m.budget_unavailable);
+        }
     }
     out += '\n';
     return out;
@@ -271,6 +276,11 @@ std::string render_prometheus(const MetricsSnapshot& m)
     single(out, "site_cache_misses_total", "counter", "Batches that waited for site settings from Redis.",
            m.site_cache_misses);
     single(out, "site_cache_entries", "gauge", "Sites in the shared cache.", m.site_cache_entries);
+
+    single(out, "budget_commands_total", "counter",
+           "Sessions whose first batch of the day asked Redis for the site's daily budget.", m.budget_commands);
+    single(out, "budget_unavailable_total", "counter",
+           "Budget decisions Redis could not answer: the session was admitted (fail open).", m.budget_unavailable);
     return out;
 }
 

@@ -71,6 +71,9 @@ struct MetricsSnapshot {
     uint64_t site_cache_hits = 0;
     uint64_t site_cache_misses = 0;
     uint64_t site_cache_entries = 0;
+
+    uint64_t budget_commands = 0;     // sessions' first batches asked of Redis (a budget applies)
+    uint64_t budget_unavailable = 0;  // ... that Redis could not answer: admitted (fail open)
 };
 
 std::string render_json(const MetricsSnapshot& m);

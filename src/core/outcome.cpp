@@ -29,6 +29,8 @@ Response response_for(Outcome outcome) noexcept
         return {400, R"({"error":"invalid_seq"})"};
     case Outcome::invalid_events:
         return {400, R"({"error":"invalid_events"})"};
+    case Outcome::quota_exceeded:
+        return {429, R"({"error":"quota_exceeded"})"};
     case Outcome::queue_unavailable:
         return {503, R"({"error":"queue_unavailable"})"};
     case Outcome::internal_error:
@@ -52,6 +54,7 @@ std::string_view outcome_name(Outcome outcome) noexcept
     case Outcome::invalid_session_id: return "invalid_session_id";
     case Outcome::invalid_seq: return "invalid_seq";
     case Outcome::invalid_events: return "invalid_events";
+    case Outcome::quota_exceeded: return "quota_exceeded";
     case Outcome::queue_unavailable: return "queue_unavailable";
     case Outcome::internal_error: break;
     }

@@ -18,6 +18,7 @@ enum class Outcome {
     invalid_session_id,
     invalid_seq,
     invalid_events,
+    quota_exceeded,
     queue_unavailable,
     internal_error,
 };

@@ -73,7 +73,8 @@ std::string_view RpushBuilder::command()
 
 std::string format_site_lookup(std::string_view site_id)
 {
-    return format_command({"HMGET", site_key(site_id), "enabled", "sample_rate"});
+    return format_command({"HMGET", site_key(site_id), "enabled", "sample_rate", "daily_sessions",
+                           "daily_sessions_pace"});
 }
 
 std::string format_command(std::initializer_list<std::string_view> args)

@@ -45,7 +45,7 @@ private:
 // recording:site:<site_id>
 std::string site_key(std::string_view site_id);
 
-// HMGET recording:site:<site_id> enabled sample_rate
+// HMGET recording:site:<site_id> enabled sample_rate daily_sessions daily_sessions_pace
 std::string format_site_lookup(std::string_view site_id);
 
 // A command of plain arguments (AUTH, SELECT, PING, ...).

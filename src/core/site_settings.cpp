@@ -64,15 +64,22 @@ double parse_sample_rate(std::optional<std::string_view> text)
 }
 
 SiteSettings site_settings_from_fields(std::optional<std::string_view> enabled,
-                                       std::optional<std::string_view> sample_rate)
+                                       std::optional<std::string_view> sample_rate,
+                                       std::optional<std::string_view> daily_sessions,
+                                       std::optional<std::string_view> daily_sessions_pace)
 {
+    SiteSettings settings;
     if (!enabled && !sample_rate) {
-        return {SiteStatus::unknown, 1.0};
+        return settings;  // unknown
     }
     if (enabled != std::string_view("1")) {
-        return {SiteStatus::disabled, 1.0};
+        settings.status = SiteStatus::disabled;
+        return settings;
     }
-    return {SiteStatus::enabled, parse_sample_rate(sample_rate)};
+    settings.status = SiteStatus::enabled;
+    settings.sample_rate = parse_sample_rate(sample_rate);
+    settings.budget = parse_daily_budget(daily_sessions, daily_sessions_pace, &settings.budget_unreadable);
+    return settings;
 }
 
 }  // namespace recording

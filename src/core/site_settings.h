@@ -5,6 +5,8 @@
 #include <optional>
 #include <string_view>
 
+#include "budget.h"
+
 namespace recording {
 
 enum class SiteStatus : uint8_t { unknown, disabled, enabled };
@@ -12,15 +14,20 @@ enum class SiteStatus : uint8_t { unknown, disabled, enabled };
 struct SiteSettings {
     SiteStatus status = SiteStatus::unknown;
     double sample_rate = 1.0;  // in [0, 1]; meaningful when enabled
+    std::optional<DailyBudget> budget;  // `daily_sessions`: none, no limit
+    bool budget_unreadable = false;     // `daily_sessions` did not parse (warned once)
 };
 
 // A site id as the contract's URI carries it: 1 to 10 decimal digits.
 bool is_valid_site_id(std::string_view site_id) noexcept;
 
 // The hash fields `enabled` and `sample_rate` (nullopt: missing), read as
-// CONTRACT.md says: neither field means unknown, enabled only for "1".
+// CONTRACT.md says: neither field means unknown, enabled only for "1"; and
+// the budget's `daily_sessions` and `daily_sessions_pace`.
 SiteSettings site_settings_from_fields(std::optional<std::string_view> enabled,
-                                       std::optional<std::string_view> sample_rate);
+                                       std::optional<std::string_view> sample_rate,
+                                       std::optional<std::string_view> daily_sessions = std::nullopt,
+                                       std::optional<std::string_view> daily_sessions_pace = std::nullopt);
 
 // The rate the legacy layer would sample with: Lua's tonumber() (1 when
 // missing or unparseable), clamped into [0, 1], then passed through

@@ -213,7 +213,7 @@ TEST(RenderPrometheus, EveryFamilyIsTypedAndCountersEndInTotal)
             EXPECT_TRUE(type == "gauge" || type == "histogram") << line;
         }
     }
-    EXPECT_EQ(families, 24);
+    EXPECT_EQ(families, 26);
 }
 
 TEST(WantsPrometheus, ByArgumentOrAccept)

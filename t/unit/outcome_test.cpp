@@ -33,6 +33,7 @@ const Expected kTable[] = {
     {Outcome::invalid_session_id, 400, R"({"error":"invalid_session_id"})", "invalid_session_id"},
     {Outcome::invalid_seq, 400, R"({"error":"invalid_seq"})", "invalid_seq"},
     {Outcome::invalid_events, 400, R"({"error":"invalid_events"})", "invalid_events"},
+    {Outcome::quota_exceeded, 429, R"({"error":"quota_exceeded"})", "quota_exceeded"},
     {Outcome::queue_unavailable, 503, R"({"error":"queue_unavailable"})", "queue_unavailable"},
 };
 

@@ -38,9 +38,11 @@ TEST(FormatCommand, NoArguments)
 TEST(FormatSiteLookup, IsHmgetOfTheSiteHashWithTheUriSiteId)
 {
     EXPECT_EQ(format_site_lookup("007"),
-              "*4\r\n$5\r\nHMGET\r\n$18\r\nrecording:site:007\r\n$7\r\nenabled\r\n$11\r\nsample_rate\r\n");
+              "*6\r\n$5\r\nHMGET\r\n$18\r\nrecording:site:007\r\n$7\r\nenabled\r\n$11\r\nsample_rate\r\n"
+              "$14\r\ndaily_sessions\r\n$19\r\ndaily_sessions_pace\r\n");
     EXPECT_EQ(format_site_lookup("1234567890"),
-              "*4\r\n$5\r\nHMGET\r\n$25\r\nrecording:site:1234567890\r\n$7\r\nenabled\r\n$11\r\nsample_rate\r\n");
+              "*6\r\n$5\r\nHMGET\r\n$25\r\nrecording:site:1234567890\r\n$7\r\nenabled\r\n$11\r\nsample_rate\r\n"
+              "$14\r\ndaily_sessions\r\n$19\r\ndaily_sessions_pace\r\n");
 }
 
 TEST(FormatRpush, PushesTheQueueElementToTheKey)
