@@ -61,7 +61,7 @@ my $KEYS = "recording:budget:{$SITE:$TODAY}";
 
 sub start {
     my (%o) = @_;
-    start_nginx(error_log_level => 'info', main_config => 'worker_processes 2;',
+    start_nginx(error_log_level => 'info', main_config => "worker_processes 2;\n" . ($o{main} // ''),
                 http_config => $o{http} // '', no_default_redis => $o{http} ? 1 : 0,
                 config => "location = /status { recording_status; }\n" . ingest_location());
 }
@@ -185,6 +185,83 @@ redis_start();
     is(queued_elements(), 3, "$t: ... and queued");
     is(status_json()->{budget}{unavailable}, 3, "$t: budget.unavailable counts the three");
     redis_cmd('ACL', 'DELUSER', 'edge');
+}
+
+# ---------------------------------------------------------------------------
+# The clock: nginx runs under libfaketime, its wall clock offset by what the
+# test writes into a file (its monotonic clock, timers, is left alone). The
+# offsets put nginx at chosen times of today, UTC, or of tomorrow.
+# ---------------------------------------------------------------------------
+my $FAKETIME = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
+die "libfaketime is missing: scripts/install-deps test installs it\n" unless -e $FAKETIME;
+my $CLOCK = servroot() . '/faketime';
+
+# nginx's clock at `$seconds` after today's UTC midnight (may pass 86400).
+sub set_clock {
+    my ($seconds) = @_;
+    my $midnight = time - time % 86400;
+    open my $fh, '>', "$CLOCK.new" or die "$CLOCK: $!";
+    printf {$fh} "%+d\n", int($midnight + $seconds - time);
+    close $fh;
+    chmod 0644, "$CLOCK.new";
+    rename "$CLOCK.new", $CLOCK or die "$CLOCK: $!";
+}
+
+sub start_with_clock {
+    local $ENV{LD_PRELOAD} = $FAKETIME;
+    local $ENV{FAKETIME_TIMESTAMP_FILE} = $CLOCK;
+    local $ENV{FAKETIME_NO_CACHE} = 1;
+    local $ENV{FAKETIME_DONT_FAKE_MONOTONIC} = 1;
+    # nginx keeps only the environment its `env` directives name in workers.
+    start(main => join '', map { "env $_;\n" } qw(LD_PRELOAD FAKETIME_TIMESTAMP_FILE FAKETIME_NO_CACHE
+                                                   FAKETIME_DONT_FAKE_MONOTONIC));
+}
+
+sub admitted_of {
+    my (@sessions) = @_;
+    return scalar grep { (http_request(raw => raw_post($SITE, $_, 0))->{status} // 0) == 202 } @sessions;
+}
+
+# ---------------------------------------------------------------------------
+# 5. Even pacing: at 06:00 a budget of 100 has admitted at most its quarter
+#    and a burst of 5 (30); at 12:00 its half and the burst (55).
+# ---------------------------------------------------------------------------
+{
+    my $t = 'pacing';
+    redis_cmd('FLUSHALL');
+    redis_cmd('HSET', "recording:site:$SITE", 'enabled', 1, 'sample_rate', 1, 'daily_sessions', 100,
+              'daily_sessions_pace', 'even');
+    set_clock(6 * 3600 + 1);
+    start_with_clock();
+    is(admitted_of(map { "dawn-$_" } 1 .. 50), 30, "$t: at 06:00, 30 of 50 new sessions admitted (25 + 5)");
+    set_clock(12 * 3600 + 1);
+    is(admitted_of(map { "noon-$_" } 1 .. 40), 25, "$t: at 12:00, 25 more of 40 (55 in all)");
+    is(admitted_of(map { "dawn-$_" } 31 .. 50), 0, "$t: the sessions refused at dawn stay refused");
+    is(redis_cmd('GET', "$KEYS:admitted"), 55, "$t: the day's count is 55");
+    is(redis_cmd('GET', "$KEYS:refused"), 35, "$t: 35 refused (20 at dawn, 15 at noon)");
+}
+
+# ---------------------------------------------------------------------------
+# 6. The day's end: the budget of today is used up at 23:59:55; Retry-After
+#    says 5 seconds; after midnight the same sessions start a new day's count.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'day boundary';
+    redis_cmd('FLUSHALL');
+    redis_cmd('HSET', "recording:site:$SITE", 'enabled', 1, 'sample_rate', 1, 'daily_sessions', 2);
+    set_clock(86400 - 5);
+    start_with_clock();
+    is(admitted_of('eve-a', 'eve-b'), 2, "$t: two sessions admitted at 23:59:55");
+    my $res = http_request(raw => raw_post($SITE, 'eve-c', 0));
+    is($res->{status}, 429, "$t: a third refused");
+    my $retry = $res->{headers}{'retry-after'} // '';
+    ok($retry =~ /^\d+$/ && $retry >= 1 && $retry <= 6, "$t: Retry-After is the seconds to midnight ($retry)");
+    set_clock(86400 + 5);
+    is(admitted_of('eve-c', 'eve-a'), 2, "$t: after midnight the refused session and an old one are admitted");
+    is(admitted_of('eve-d'), 0, "$t: ... and use up the new day's budget");
+    my $tomorrow = strftime('%Y-%m-%d', gmtime(time - time % 86400 + 86400));
+    is(redis_cmd('GET', "recording:budget:{$SITE:$tomorrow}:admitted"), 2, "$t: the new day counts at its own key");
+    is(redis_cmd('GET', "$KEYS:admitted"), 2, "$t: today's count stays 2");
 }
 
 stop_nginx();
