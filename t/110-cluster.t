@@ -3,7 +3,8 @@
 # --cluster-enabled yes, redis-cli --cluster create):
 #   1. routing: batches of many sessions over 16 queue shards land on the
 #      masters owning their keys' slots; site settings are read from the
-#      master owning recording:site:<id>;
+#      master owning recording:site:<id>; a daily session budget decided
+#      by the master owning the day's keys (1b);
 #   2. a slot migrated under a running nginx: MOVED, then ASK (the slot
 #      MIGRATING/IMPORTING with the key already moved), then MOVED again;
 #      then its master answering CLUSTERDOWN for a while;
@@ -168,6 +169,34 @@ my @SITES = map { $site_on{$_} } sort keys %site_on;
        "$t: it is in the cluster");
     no_crash($t);
     ok(stop_nginx(), "$t: nginx stops gracefully");
+}
+
+# ---------------------------------------------------------------------------
+# 1b. A daily session budget over the cluster: the script's three keys share
+#     a hash tag, so one master decides and counts; exactly the budget.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'budget';
+    my $site = $SITES[1];
+    $c->cmd(HSET => "recording:site:$site", daily_sessions => 5);
+    start_nginx_on_cluster(shards => 4);
+    my @sessions = map { "quota-$_" } 1 .. 15;
+    my @res = concurrent_requests(30, map { my $seq = $_; map { raw_post($site, $_, $seq) } @sessions } 0, 1);
+    my %by;
+    push @{ $by{ $sessions[$_ % 15] } }, status_of($res[$_]) for 0 .. $#res;
+    my @whole = grep { "@{ $by{$_} }" eq '202 202' } @sessions;
+    my @refused = grep { "@{ $by{$_} }" eq '429 429' } @sessions;
+    is(scalar @whole, 5, "$t: exactly 5 of 15 sessions accepted on both batches")
+        or diag(join ' ', map { "$_=@{ $by{$_} }" } @sessions);
+    is(scalar @refused, 10, "$t: the 10 others refused on both");
+    my $day = POSIX::strftime('%Y-%m-%d', gmtime);
+    my $key = "recording:budget:{$site:$day}:admitted";
+    is($c->cmd(GET => $key), 5, "$t: $key is 5 on the master owning its slot");
+    my $found = elements_by_batch();
+    is(scalar(grep { /^quota-/ } keys %$found), 10, "$t: the cluster holds exactly the 10 admitted batches");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+    $c->cmd(HDEL => "recording:site:$site", 'daily_sessions');
 }
 
 # ---------------------------------------------------------------------------
