@@ -30,8 +30,9 @@
  *   comes after an await. So whatever is not yet handed to fetch is sent at
  *   once, uncompressed. The browser allows 64 KiB of keepalive bodies in
  *   flight per page, which is why batches are cut at maxBatchBytes.
- * - 202 queued: done. 200 sampled_out, 403 site_disabled or 404
- *   unknown_site: the server will refuse every batch of this visit, so
+ * - 202 queued: done. 200 sampled_out, 403 site_disabled, 404 unknown_site
+ *   or 429 quota_exceeded (the site's sessions of the day are used up): the
+ *   server will refuse every batch of this visit, so
  *   recording stops, and the visit remembers it so that its next pages do
  *   not record at all. 5xx and network errors: a few retries with backoff.
  *   Other 4xx: this batch can never be accepted; it is dropped.
@@ -40,7 +41,8 @@
   'use strict';
 
   const VISIT_IDLE_MS = 30 * 60 * 1000;
-  const STOP_OUTCOMES = ['sampled_out', 'site_disabled', 'unknown_site'];
+  // quota_exceeded: the site's daily session budget is used up; no retry.
+  const STOP_OUTCOMES = ['sampled_out', 'site_disabled', 'unknown_site', 'quota_exceeded'];
   // Keepalive bodies in flight are limited to 64 KiB per page, all of them
   // together; bigger bodies go without keepalive (the page is still there).
   const KEEPALIVE_LIMIT = 60 * 1024;

@@ -505,7 +505,7 @@ async function checkStorageWorker(redis, session, elements) {
     `${path.relative(RUN, file)}: the ${expected.length} batches, one per line, in page view and seq order`,
     `${lines.length} lines`);
   const files = fs.readdirSync(out, { recursive: true }).filter((f) => f.endsWith('.jsonl'));
-  check(files.length === 1, 'one file: the sampled-out and disabled visits have none', files.join(' '));
+  check(files.length === 1, 'one file: the sampled-out, disabled and over-budget visits have none', files.join(' '));
   facts.push(`storage worker: ${lines.length} batches into ${files.length} file in ${Date.now() - started} ms`);
 }
 
@@ -524,6 +524,7 @@ try {
   const visit = await recordedVisit();
   const sampled = await stoppedVisit(2);
   const disabled = await stoppedVisit(3);
+  const overBudget = await stoppedVisit(4);
   await waitFor('every batch in Redis',
     async () => (await queueElements(redis)).length >= visit.sent.length);
   const elements = await queueElements(redis);
@@ -532,11 +533,13 @@ try {
   await checkReplay(visit.views, mine);
   checkStoppedVisit(sampled, 2, 200, 'sampled_out', elements);
   checkStoppedVisit(disabled, 3, 403, 'site_disabled', elements);
+  checkStoppedVisit(overBudget, 4, 429, 'quota_exceeded', elements);
 
   console.log('\n# the module');
   const status = await (await fetch(`${INGEST}/recording-status`)).json();
   check(status.preflights >= 1 && status.batches.queued === mine.length
-    && status.batches.sampled_out === 1 && status.batches.site_disabled === 1,
+    && status.batches.sampled_out === 1 && status.batches.site_disabled === 1
+    && status.batches.quota_exceeded === 1,
     'its figures: CORS preflights answered, batches queued, sampled out, refused',
     JSON.stringify({ preflights: status.preflights, batches: status.batches }));
   facts.push(`module: ${status.preflights} CORS preflight(s), ${status.batches.queued} queued`);
