@@ -493,7 +493,7 @@ async function checkStorageWorker(redis, session, elements) {
   check(worker.status === 0, 'scripts/storage-worker --drain exits 0',
     `${worker.status} ${worker.error || ''}\n${worker.stderr}`);
   const left = (await redis.command('KEYS', 'recording:*')).map(String)
-    .filter((k) => !k.startsWith('recording:site:'));
+    .filter((k) => !k.startsWith('recording:site:') && !k.startsWith('recording:budget:'));
   check(left.length === 0, 'queues and the processing list are empty', left.join(' '));
   const file = path.join(out, '1', `${session}.jsonl`);
   const lines = fs.existsSync(file) ? fs.readFileSync(file).toString('utf8').split('\n') : [];
