@@ -48,15 +48,8 @@ namespace recording {
 
 namespace {
 
-using batch_rules::classify_top_key;
-using batch_rules::count_key_check_steps;
-using batch_rules::end_before;
-using batch_rules::is_valid_session_id;
-using batch_rules::kEventLevel;
-using batch_rules::kEventsLevel;
-using batch_rules::kMaxEventType;
-using batch_rules::kTopLevel;
-using batch_rules::TopKey;
+// The rules both validators apply (batch_validator_rules.h).
+using namespace batch_rules;
 
 // The walk below recurses once per level; deeper limits (the directive
 // allows 100000) would risk the worker's stack, so they go to the reference,

@@ -66,16 +66,8 @@ namespace recording {
 
 namespace {
 
-using batch_rules::classify_top_key;
-using batch_rules::count_key_check_steps;
-using batch_rules::end_before;
-using batch_rules::is_valid_session_id;
-using batch_rules::is_whole;
-using batch_rules::kEventLevel;
-using batch_rules::kEventsLevel;
-using batch_rules::kMaxEventType;
-using batch_rules::kTopLevel;
-using batch_rules::TopKey;
+// The rules both validators apply (batch_validator_rules.h).
+using namespace batch_rules;
 
 // RapidJSON 1.1.0 rejects an unpaired high surrogate escape but turns an
 // unpaired low one (\uDC00) into the bytes ED B0 80, which are not UTF-8.
