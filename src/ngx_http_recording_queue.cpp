@@ -252,13 +252,13 @@ void post_flush() noexcept
 void on_joined(Slot &slot) noexcept
 {
     Batch &batch = *slot.batch;
-    recording::OpenBatch open;
-    open.elements = batch.command.elements();
-    open.bytes = batch.command.size();
-    open.in_flight = slot.in_flight;
-    open.delay_armed = slot.timer.timer_set;
-    open.over_pending = pending.over();
-    recording::JoinVerdict verdict = recording::after_join(slot.limits, open);
+    recording::OpenBatch joined;
+    joined.elements = batch.command.elements();
+    joined.bytes = batch.command.size();
+    joined.in_flight = slot.in_flight;
+    joined.delay_armed = slot.timer.timer_set;
+    joined.over_pending = pending.over();
+    recording::JoinVerdict verdict = recording::after_join(slot.limits, joined);
     switch (verdict) {
     case recording::JoinVerdict::spool_now:
     case recording::JoinVerdict::seal_now:
