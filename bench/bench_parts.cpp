@@ -167,7 +167,7 @@ private:
 // --- RapidJSON alone --------------------------------------------------------
 
 // A stream over [begin, end) that checks the end on every byte, like the
-// module's DocumentStream (see src/core/batch_validator.cpp).
+// module's DocumentStream (see src/core/batch_validator_reference.cpp).
 class BoundedStream {
 public:
     using Ch = char;

@@ -1,18 +1,16 @@
 // Queueing: gathering elements into RPUSH commands, sending them, and
 // falling back on the spool.
 //
-// An element joins the open batch of its Redis and key. A batch is sealed
-// when it reaches `recording_batch_elements` or `recording_batch_size`;
-// else, when no RPUSH of the key is in flight, at the end of the current
-// pass of the event loop (no added wait: what that pass took goes
-// together); else when the reply of the RPUSH ahead of it comes, or at the
-// latest `recording_batch_delay` after its first element (0: no limit but
-// the reply's timeout). So a lone batch goes at once, and under load each
-// RPUSH carries what arrived while the one before it was out. Sealed batches
-// are sent from a posted event or a timer, never from within a request's
-// handler, so that every answer comes from one place. Replies come in the
-// order the commands went out, so a session's batches, which share a key,
-// reach Redis in the order they were taken.
+// An element joins the open batch of its Redis and key. When that batch is
+// sealed (full; else at the end of the current pass of the event loop; else
+// when the reply of the RPUSH ahead of it comes, or `recording_batch_delay`
+// after its first element), and how much a worker may hold, is the core's
+// batching policy (batching.h); this file carries out its verdicts with a
+// posted event and a timer per key. Sealed batches are sent from that event
+// or a timer, never from within a request's handler, so that every answer
+// comes from one place. Replies come in the order the commands went out, so
+// a session's batches, which share a key, reach Redis in the order they
+// were taken.
 //
 // A batch that cannot be sent, or that gets no acknowledgement, goes to
 // the spool when there is one (`recording_spool`), else its requests get
@@ -30,11 +28,14 @@
 #include "ngx_http_recording_redis.h"
 #include "ngx_http_recording_spool.h"
 #include "ngx_http_recording_stats.h"
+#include "batching.h"
 #include "redis_protocol.h"
 
 namespace {
 
-size_t pending_limit = 0;  // recording_pending_limit, set by init_process
+// What this worker holds for Redis, against recording_pending_limit (set
+// by init_process).
+recording::PendingMemory pending{0};
 
 struct Slot;
 
@@ -55,9 +56,7 @@ struct Slot {
     ngx_http_recording_redis_server_t *server;
     std::string key;
     std::unique_ptr<Batch> batch;
-    ngx_uint_t max_elements;
-    size_t max_size;
-    ngx_msec_t delay;
+    recording::BatchLimits limits;
     bool due = false;     // to be sealed by the posted flush event
     unsigned in_flight = 0;  // its RPUSH sent and not answered yet
     ngx_event_t timer{};
@@ -70,7 +69,6 @@ std::vector<std::unique_ptr<Batch>> sealed;   // to be sent by the flush event
 std::vector<std::unique_ptr<Batch>> spares;   // reused, with their buffers
 constexpr size_t kMaxSpares = 16;
 constexpr size_t kMaxSpareSize = 512 * 1024;
-size_t held_bytes = 0;
 ngx_event_t flush_event;
 bool flush_event_ready = false;
 
@@ -98,7 +96,7 @@ std::unique_ptr<Batch> new_batch(ngx_http_recording_redis_server_t *server, std:
 
 void release(std::unique_ptr<Batch> batch) noexcept
 {
-    held_bytes -= batch->held;
+    pending.release(batch->held);
     ngx_http_recording_count(&ngx_http_recording_stats_t::pending_bytes,
                              -static_cast<ngx_atomic_int_t>(batch->held));
     batch->waiters.clear();
@@ -167,7 +165,7 @@ public:
         delete this;
         // What gathered behind this RPUSH goes now.
         slot->in_flight--;
-        if (slot->in_flight == 0 && slot->batch != nullptr) {
+        if (recording::seals_on_reply(slot->in_flight, slot->batch != nullptr)) {
             seal(*slot);
         }
     }
@@ -249,6 +247,41 @@ void post_flush() noexcept
     }
 }
 
+// Carries out the policy's verdict on the open batch an element just
+// joined. `sealed` has room for it already: nothing here may fail.
+void on_joined(Slot &slot) noexcept
+{
+    Batch &batch = *slot.batch;
+    recording::OpenBatch joined;
+    joined.elements = batch.command.elements();
+    joined.bytes = batch.command.size();
+    joined.in_flight = slot.in_flight;
+    joined.delay_armed = slot.timer.timer_set;
+    joined.over_pending = pending.over();
+    recording::JoinVerdict verdict = recording::after_join(slot.limits, joined);
+    switch (verdict) {
+    case recording::JoinVerdict::spool_now:
+    case recording::JoinVerdict::seal_now:
+        if (slot.timer.timer_set) {
+            ngx_del_timer(&slot.timer);
+        }
+        slot.due = false;
+        batch.to_spool = verdict == recording::JoinVerdict::spool_now;
+        sealed.push_back(std::move(slot.batch));
+        post_flush();
+        break;
+    case recording::JoinVerdict::seal_at_end_of_pass:
+        slot.due = true;
+        post_flush();
+        break;
+    case recording::JoinVerdict::arm_delay:
+        ngx_add_timer(&slot.timer, slot.limits.delay_ms);
+        break;
+    case recording::JoinVerdict::wait_for_reply:
+        break;
+    }
+}
+
 Slot &slot_for(ngx_http_recording_loc_conf_t *conf, std::string_view key)
 {
     for (auto &slot : slots) {
@@ -259,9 +292,7 @@ Slot &slot_for(ngx_http_recording_loc_conf_t *conf, std::string_view key)
     auto slot = std::make_unique<Slot>();
     slot->server = conf->redis;
     slot->key.assign(key);
-    slot->max_elements = conf->batch_elements;
-    slot->max_size = conf->batch_size;
-    slot->delay = conf->batch_delay;
+    slot->limits = {conf->batch_elements, conf->batch_size, conf->batch_delay};
     slot->timer.handler = on_delay;
     slot->timer.data = slot.get();
     slot->timer.log = ngx_cycle->log;
@@ -278,7 +309,7 @@ bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::str
     try {
         bool spool = ngx_http_recording_spool_enabled();
         if (!spool) {
-            if (held_bytes + element.size() > pending_limit) {
+            if (!pending.admits(element.size())) {
                 ngx_http_recording_count(&ngx_http_recording_stats_t::pending_limit_refusals);
                 return false;
             }
@@ -305,31 +336,12 @@ bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::str
         }
         size_t added = batch.command.size() - before;
         batch.held += added;
-        held_bytes += added;
+        pending.hold(added);
         ngx_http_recording_count(&ngx_http_recording_stats_t::pending_bytes,
                                  static_cast<ngx_atomic_int_t>(added));
         waiter->in_flight = true;
 
-        // Over the memory bound with a spool: this batch goes there now.
-        bool over_limit = held_bytes > pending_limit;
-        if (over_limit || batch.command.elements() >= slot.max_elements || batch.command.size() >= slot.max_size) {
-            if (slot.timer.timer_set) {
-                ngx_del_timer(&slot.timer);
-            }
-            slot.due = false;
-            batch.to_spool = over_limit;
-            sealed.push_back(std::move(slot.batch));
-            post_flush();
-        } else if (slot.in_flight == 0) {
-            // Nothing ahead of it: it goes at the end of this pass of the
-            // event loop, with whatever else this pass takes for the key.
-            slot.due = true;
-            post_flush();
-        } else if (slot.delay != 0 && !slot.timer.timer_set) {
-            // An RPUSH for the key is out: gather behind it until its reply
-            // comes, or the delay passes (then pipelined behind it).
-            ngx_add_timer(&slot.timer, slot.delay);
-        }
+        on_joined(slot);
         return true;
     } catch (const std::exception &) {
         return false;
@@ -338,7 +350,7 @@ bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::str
 
 void ngx_http_recording_queue_init_process(size_t limit) noexcept
 {
-    pending_limit = limit;
+    pending = recording::PendingMemory(limit);
 }
 
 void ngx_http_recording_queue_exit() noexcept
