@@ -26,12 +26,9 @@
 
 #include "batch_validator.h"
 
-// libsimdjson-dev is built with threads (its pkg-config Cflags say so), and
-// that changes dom::parser's layout: the nginx `config` build, which does not
-// read pkg-config, must see the same definition.
-#ifndef SIMDJSON_THREADS_ENABLED
-#define SIMDJSON_THREADS_ENABLED 1
-#endif
+// Both builds take SIMDJSON_THREADS_ENABLED from simdjson's pkg-config
+// Cflags (CMake's pkg_check_modules, nginx's `config`): it changes
+// dom::parser's layout, so it must match the library.
 #include <simdjson.h>
 
 #include <algorithm>
