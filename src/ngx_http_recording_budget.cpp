@@ -24,8 +24,9 @@ std::unordered_set<std::string> warned;   // sites whose budget did not parse
 
 class BudgetCall final : public RedisCall {
 public:
-    BudgetCall(Waiter *waiter, std::string site_id, std::string session_id, int64_t day)
-        : waiter_(waiter), site_id_(std::move(site_id)), session_id_(std::move(session_id)), day_(day)
+    BudgetCall(Waiter *waiter, std::string scope, std::string site_id, std::string session_id, int64_t day)
+        : waiter_(waiter), scope_(std::move(scope)), site_id_(std::move(site_id)),
+          session_id_(std::move(session_id)), day_(day)
     {
     }
 
@@ -35,7 +36,7 @@ public:
         if (reply != nullptr && reply->type == REDIS_REPLY_INTEGER) {
             admitted = reply->integer != 0;
             try {
-                decisions.remember(site_id_, session_id_, day_, admitted);
+                decisions.remember(scope_, site_id_, session_id_, day_, admitted);
             } catch (const std::exception &) {
                 // not remembered: the next batch asks again
             }
@@ -48,6 +49,7 @@ public:
 
 private:
     Waiter *waiter_;
+    std::string scope_;  // the Redis's id: sites are a server's
     std::string site_id_;
     std::string session_id_;
     int64_t day_;
@@ -61,7 +63,8 @@ ngx_http_recording_budget_answer_e ngx_http_recording_budget_check(ngx_http_requ
 {
     using Answer = ngx_http_recording_budget_answer_e;
     int64_t day = recording::utc_day(now_ms);
-    if (std::optional<bool> known = decisions.find(site_id, session_id, day)) {
+    std::string_view scope = ngx_http_recording_view(conf->redis->id);
+    if (std::optional<bool> known = decisions.find(scope, site_id, session_id, day)) {
         return *known ? Answer::admitted : Answer::refused;
     }
 
@@ -70,7 +73,8 @@ ngx_http_recording_budget_answer_e ngx_http_recording_budget_check(ngx_http_requ
     std::string command =
         recording::format_budget_check(keys, session_id, recording::sessions_allowed_now(budget, now_ms));
     Waiter *waiter = waiter_of(r);
-    auto call = std::make_unique<BudgetCall>(waiter, std::string(site_id), std::string(session_id), day);
+    auto call = std::make_unique<BudgetCall>(waiter, std::string(scope), std::string(site_id),
+                                             std::string(session_id), day);
     RedisTimeouts timeouts{conf->redis_connect_timeout, conf->redis_read_timeout};
     if (!conf->redis->route->send(keys.decisions, command, call.get(), timeouts)) {
         ngx_http_recording_count(&ngx_http_recording_stats_t::budget_unavailable);

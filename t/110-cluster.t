@@ -190,7 +190,7 @@ my @SITES = map { $site_on{$_} } sort keys %site_on;
         or diag(join ' ', map { "$_=@{ $by{$_} }" } @sessions);
     is(scalar @refused, 10, "$t: the 10 others refused on both");
     my $day = POSIX::strftime('%Y-%m-%d', gmtime);
-    my $key = "recording:budget:{$site:$day}:admitted";
+    my $key = "recording:budget:{$site}:$day:admitted";
     is($c->cmd(GET => $key), 5, "$t: $key is 5 on the master owning its slot");
     my $found = elements_by_batch();
     is(scalar(grep { /^quota-/ } keys %$found), 10, "$t: the cluster holds exactly the 10 admitted batches");

@@ -57,7 +57,7 @@ sub calls_of {
 sub status_json { JSON::PP::decode_json(http_request(uri => '/status')->{body}) }
 
 my $TODAY = strftime('%Y-%m-%d', gmtime);
-my $KEYS = "recording:budget:{$SITE:$TODAY}";
+my $KEYS = "recording:budget:{$SITE}:$TODAY";
 
 sub start {
     my (%o) = @_;
@@ -260,7 +260,7 @@ sub admitted_of {
     is(admitted_of('eve-c', 'eve-a'), 2, "$t: after midnight the refused session and an old one are admitted");
     is(admitted_of('eve-d'), 0, "$t: ... and use up the new day's budget");
     my $tomorrow = strftime('%Y-%m-%d', gmtime(time - time % 86400 + 86400));
-    is(redis_cmd('GET', "recording:budget:{$SITE:$tomorrow}:admitted"), 2, "$t: the new day counts at its own key");
+    is(redis_cmd('GET', "recording:budget:{$SITE}:$tomorrow:admitted"), 2, "$t: the new day counts at its own key");
     is(redis_cmd('GET', "$KEYS:admitted"), 2, "$t: today's count stays 2");
 }
 

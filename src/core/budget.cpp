@@ -74,8 +74,10 @@ uint64_t sessions_allowed_now(const DailyBudget &budget, int64_t now_ms) noexcep
         return budget.sessions;
     }
     auto into_day = static_cast<uint64_t>(now_ms - utc_day(now_ms) * kDayMs);
-    // The elapsed share, in integers: budgets are far below 2^64 / 86400000.
-    uint64_t share = budget.sessions * into_day / static_cast<uint64_t>(kDayMs);
+    // sessions * into_day / day without the product overflowing: budgets
+    // parse up to 10^18, the day is 8.64e7 ms.
+    constexpr auto day = static_cast<uint64_t>(kDayMs);
+    uint64_t share = budget.sessions / day * into_day + budget.sessions % day * into_day / day;
     uint64_t burst = (budget.sessions * 5 + 99) / 100;
     uint64_t allowed = share + burst;
     return allowed < budget.sessions ? allowed : budget.sessions;
@@ -101,12 +103,11 @@ std::string civil_date(int64_t day)
 
 BudgetKeys budget_keys(std::string_view site_id, int64_t day)
 {
-    std::string tag = "recording:budget:{";
-    tag.append(site_id);
-    tag += ':';
-    tag += civil_date(day);
-    tag += '}';
-    return {tag + ":sessions", tag + ":admitted", tag + ":refused"};
+    std::string prefix = "recording:budget:{";
+    prefix.append(site_id);
+    prefix += "}:";
+    prefix += civil_date(day);
+    return {prefix + ":sessions", prefix + ":admitted", prefix + ":refused"};
 }
 
 std::string format_budget_check(const BudgetKeys &keys, std::string_view session_id, uint64_t allowed)
@@ -117,12 +118,14 @@ std::string format_budget_check(const BudgetKeys &keys, std::string_view session
                            session_id, allowed_text, ttl});
 }
 
-std::string BudgetDecisions::key(std::string_view site_id, std::string_view session_id)
+void BudgetDecisions::make_key(std::string &out, std::string_view scope, std::string_view site_id,
+                               std::string_view session_id)
 {
-    std::string k(site_id);
-    k += '/';
-    k.append(session_id);
-    return k;
+    out.assign(scope);
+    out += '/';
+    out.append(site_id);
+    out += '/';
+    out.append(session_id);
 }
 
 void BudgetDecisions::enter_day(int64_t day)
@@ -133,12 +136,11 @@ void BudgetDecisions::enter_day(int64_t day)
     }
 }
 
-std::optional<bool> BudgetDecisions::find(std::string_view site_id, std::string_view session_id, int64_t day)
+std::optional<bool> BudgetDecisions::find(std::string_view scope, std::string_view site_id,
+                                          std::string_view session_id, int64_t day)
 {
     enter_day(day);
-    scratch_.assign(site_id);
-    scratch_ += '/';
-    scratch_.append(session_id);
+    make_key(scratch_, scope, site_id, session_id);
     auto it = decisions_.find(scratch_);
     if (it == decisions_.end()) {
         return std::nullopt;
@@ -146,14 +148,21 @@ std::optional<bool> BudgetDecisions::find(std::string_view site_id, std::string_
     return it->second;
 }
 
-void BudgetDecisions::remember(std::string_view site_id, std::string_view session_id, int64_t day,
-                               bool admitted)
+void BudgetDecisions::remember(std::string_view scope, std::string_view site_id, std::string_view session_id,
+                               int64_t day, bool admitted)
 {
+    // A reply to a question of yesterday, come after midnight: today's
+    // memory stays.
+    if (day < day_) {
+        return;
+    }
     enter_day(day);
     if (decisions_.size() >= capacity_) {
         decisions_.clear();
     }
-    decisions_[key(site_id, session_id)] = admitted;
+    std::string key;
+    make_key(key, scope, site_id, session_id);
+    decisions_[std::move(key)] = admitted;
 }
 
 }  // namespace recording

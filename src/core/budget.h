@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 
 namespace recording {
 
@@ -39,8 +40,9 @@ uint64_t sessions_allowed_now(const DailyBudget &budget, int64_t now_ms) noexcep
 // "YYYY-MM-DD" of a day number.
 std::string civil_date(int64_t day);
 
-// The day's keys of a site. One hash tag, so that in a cluster they share a
-// slot and the script may touch them all.
+// The day's keys of a site. The site is their hash tag: in a cluster every
+// day's keys of a site share a slot, so the script may touch them all and a
+// session's questions around midnight go to one master, in order.
 struct BudgetKeys {
     std::string decisions;  // hash: session id -> 1 admitted, 0 refused
     std::string admitted;   // the day's count of admitted sessions
@@ -63,12 +65,16 @@ class BudgetDecisions {
 public:
     explicit BudgetDecisions(size_t capacity = 100000) : capacity_(capacity) {}
 
-    std::optional<bool> find(std::string_view site_id, std::string_view session_id, int64_t day);
-    void remember(std::string_view site_id, std::string_view session_id, int64_t day, bool admitted);
+    // `scope` tells apart sites of the same id in two Redis (or databases).
+    std::optional<bool> find(std::string_view scope, std::string_view site_id, std::string_view session_id,
+                             int64_t day);
+    void remember(std::string_view scope, std::string_view site_id, std::string_view session_id, int64_t day,
+                  bool admitted);
     size_t size() const noexcept { return decisions_.size(); }
 
 private:
-    static std::string key(std::string_view site_id, std::string_view session_id);
+    static void make_key(std::string &out, std::string_view scope, std::string_view site_id,
+                         std::string_view session_id);
     void enter_day(int64_t day);
 
     size_t capacity_;

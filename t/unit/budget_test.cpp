@@ -103,41 +103,59 @@ TEST(SessionsAllowedNow, TheBurstRoundsUp)
 TEST(BudgetKeys, OneHashTagPerSiteAndDay)
 {
     BudgetKeys k = budget_keys("42", 20429);
-    EXPECT_EQ(k.decisions, "recording:budget:{42:2025-12-07}:sessions");
-    EXPECT_EQ(k.admitted, "recording:budget:{42:2025-12-07}:admitted");
-    EXPECT_EQ(k.refused, "recording:budget:{42:2025-12-07}:refused");
+    EXPECT_EQ(k.decisions, "recording:budget:{42}:2025-12-07:sessions");
+    EXPECT_EQ(k.admitted, "recording:budget:{42}:2025-12-07:admitted");
+    EXPECT_EQ(k.refused, "recording:budget:{42}:2025-12-07:refused");
 }
 
 TEST(FormatBudgetCheck, EvalsTheScriptOnTheThreeKeys)
 {
     std::string cmd = format_budget_check(budget_keys("42", 20429), "sess-1", 7);
     EXPECT_EQ(cmd.rfind("*9\r\n$4\r\nEVAL\r\n", 0), 0u);
-    EXPECT_NE(cmd.find("\r\n$1\r\n3\r\n$41\r\nrecording:budget:{42:2025-12-07}:sessions\r\n"), std::string::npos);
+    EXPECT_NE(cmd.find("\r\n$1\r\n3\r\n$41\r\nrecording:budget:{42}:2025-12-07:sessions\r\n"), std::string::npos);
     EXPECT_NE(cmd.find("\r\n$6\r\nsess-1\r\n$1\r\n7\r\n$6\r\n172800\r\n"), std::string::npos);
 }
 
 TEST(BudgetDecisions, RemembersForTheDayOnly)
 {
     BudgetDecisions d;
-    EXPECT_FALSE(d.find("1", "a", 100));
-    d.remember("1", "a", 100, true);
-    d.remember("1", "b", 100, false);
-    EXPECT_EQ(d.find("1", "a", 100), std::optional<bool>(true));
-    EXPECT_EQ(d.find("1", "b", 100), std::optional<bool>(false));
-    EXPECT_FALSE(d.find("2", "a", 100));  // another site's session of the same id
-    EXPECT_FALSE(d.find("1", "a", 101));  // a new day: asked again
+    EXPECT_FALSE(d.find("r", "1", "a", 100));
+    d.remember("r", "1", "a", 100, true);
+    d.remember("r", "1", "b", 100, false);
+    EXPECT_EQ(d.find("r", "1", "a", 100), std::optional<bool>(true));
+    EXPECT_EQ(d.find("r", "1", "b", 100), std::optional<bool>(false));
+    EXPECT_FALSE(d.find("r", "2", "a", 100));  // another site's session of the same id
+    EXPECT_FALSE(d.find("s", "1", "a", 100));  // the same site id in another Redis
+    EXPECT_FALSE(d.find("r", "1", "a", 101));  // a new day: asked again
     EXPECT_EQ(d.size(), 0u);
+}
+
+TEST(BudgetDecisions, AReplyOfYesterdayKeepsTodaysMemory)
+{
+    BudgetDecisions d;
+    d.remember("r", "1", "today", 101, true);
+    d.remember("r", "1", "late", 100, true);  // asked at 23:59:59, answered after midnight
+    EXPECT_EQ(d.find("r", "1", "today", 101), std::optional<bool>(true));
+    EXPECT_FALSE(d.find("r", "1", "late", 101));
 }
 
 TEST(BudgetDecisions, ForgetsAllAtOnceWhenFull)
 {
     BudgetDecisions d(3);
-    d.remember("1", "a", 5, true);
-    d.remember("1", "b", 5, true);
-    d.remember("1", "c", 5, true);
+    d.remember("r", "1", "a", 5, true);
+    d.remember("r", "1", "b", 5, true);
+    d.remember("r", "1", "c", 5, true);
     EXPECT_EQ(d.size(), 3u);
-    d.remember("1", "d", 5, true);
+    d.remember("r", "1", "d", 5, true);
     EXPECT_EQ(d.size(), 1u);
-    EXPECT_FALSE(d.find("1", "a", 5));
-    EXPECT_TRUE(d.find("1", "d", 5));
+    EXPECT_FALSE(d.find("r", "1", "a", 5));
+    EXPECT_TRUE(d.find("r", "1", "d", 5));
+}
+
+TEST(SessionsAllowedNow, HugeBudgetsDoNotOverflow)
+{
+    DailyBudget b{300000000000ULL, true};  // 3e11: sessions * ms would pass 2^64
+    EXPECT_EQ(sessions_allowed_now(b, kMidnight + 12 * kHourMs), 150000000000ULL + 15000000000ULL);
+    DailyBudget most{999999999999999999ULL, true};
+    EXPECT_EQ(sessions_allowed_now(most, kMidnight + kDayMs - 1), most.sessions);
 }
