@@ -1,5 +1,5 @@
 # Daily session budgets (the site hash's daily_sessions): exactly that many
-# sessions recorded whole per UTC day across the workers, every batch of any
+# sessions recorded whole per UTC day across two servers and their workers, every batch of any
 # other session refused with 429 quota_exceeded and Retry-After until the
 # next UTC midnight; the day's counts at documented keys; an admitted
 # session's later batches ask Redis nothing; a site without the field is not
@@ -69,19 +69,22 @@ sub start {
 redis_start();
 
 # ---------------------------------------------------------------------------
-# 1. 30 new sessions, three batches each, all at once over 90 connections,
-#    two workers: exactly 10 sessions recorded whole, the others refused on
-#    every batch.
+# 1. 30 new sessions, three batches each, all at once over 90 connections to
+#    two nginx servers of two workers each, sharing one Redis: exactly 10
+#    sessions recorded whole, the others refused on every batch.
 # ---------------------------------------------------------------------------
 {
     my $t = 'budget of 10';
     redis_cmd('FLUSHALL');
     redis_cmd('HSET', "recording:site:$SITE", 'enabled', 1, 'sample_rate', 1, 'daily_sessions', 10);
     start();
+    my ($second, $second_pid) = start_second_nginx();
     my @sessions = map { sprintf('budget-%02d', $_) } 1 .. 30;
     my @requests;
     for my $seq (0 .. 2) {
-        push @requests, map { raw_post($SITE, $_, $seq) } @sessions;
+        # Each session's batches over both servers, alternately.
+        push @requests, map { [ ($_ + $seq) % 2 ? $second : server_port(), raw_post($SITE, $sessions[$_], $seq) ] }
+                        0 .. $#sessions;
     }
     my @answers = concurrent_requests(60, @requests);
     my (%by_session, %statuses);
@@ -115,11 +118,13 @@ redis_start();
         ok($ttl > 172700 && $ttl <= 172800, "$t: $key expires after 48 hours (TTL $ttl)");
     }
 
-    my $s = status_json();
-    is($s->{batches}{quota_exceeded}, 60, "$t: the status counts 60 batches quota_exceeded");
-    is($s->{batches}{queued}, 30, "$t: ... and 30 queued");
-    is($s->{budget}{unavailable}, 0, "$t: no budget question went unanswered");
-    cmp_ok($s->{budget}{commands}, '<=', 90, "$t: at most one budget question per batch");
+    my @s = (status_json(), JSON::PP::decode_json(http_request(port => $second, uri => '/status')->{body}));
+    my $sum = sub { my ($f) = @_; my $n = 0; $n += $f->($_) for @s; $n };
+    is($sum->(sub { $_[0]{batches}{quota_exceeded} }), 60, "$t: the two servers count 60 batches quota_exceeded");
+    is($sum->(sub { $_[0]{batches}{queued} }), 30, "$t: ... and 30 queued");
+    ok($s[1]{batches}{queued} > 0 && $s[1]{batches}{quota_exceeded} > 0, "$t: ... the second server took its share");
+    is($sum->(sub { $_[0]{budget}{unavailable} }), 0, "$t: no budget question went unanswered");
+    cmp_ok($sum->(sub { $_[0]{budget}{commands} }), '<=', 90, "$t: at most one budget question per batch");
 
     # Later batches of a session this worker decided on ask Redis nothing.
     my $evals = calls_of('eval');
@@ -134,6 +139,7 @@ redis_start();
     # With two workers, each may ask once for each of the two sessions.
     cmp_ok(calls_of('eval') - $evals, '<=', 4, "$t: 20 later batches, at most one question per session and worker");
     is(redis_cmd('GET', "$KEYS:admitted"), 10, "$t: the day's count stays 10");
+    stop_child($second_pid);
 }
 
 # ---------------------------------------------------------------------------

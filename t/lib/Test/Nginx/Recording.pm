@@ -113,7 +113,7 @@ use IO::Compress::Gzip ();
 
 our @EXPORT = qw(
     run_tests planned_tests repeat_each add_block_preprocessor
-    start_nginx stop_nginx reload_nginx nginx_test http_request error_log_text
+    start_nginx start_second_nginx stop_nginx reload_nginx nginx_test http_request error_log_text
     servroot server_port html_dir
     redis_cmd redis_cmd_raw redis_port redis_start redis_stop redis_restart redis_kill
     gzip_bytes deflate_bytes raw_deflate_bytes
@@ -640,6 +640,32 @@ sub start_nginx {
     }
 }
 
+# A second nginx server beside the running one: the same configuration (the
+# same module, Redis and shared paths) on a port and prefix of its own, as a
+# fleet's other edge server. Returns its port; it is stopped with the others
+# at the end (stop_child), or by stop_child($pid) with the pid it returns
+# second in list context.
+sub start_second_nginx {
+    die "start_second_nginx: start nginx first\n" unless $NGINX_PID;
+    my ($port) = _free_ports(1);
+    my $prefix = "$SERVROOT/second";
+    make_path("$prefix/conf", "$prefix/logs");
+    chmod 0755, $prefix;
+    my $conf = _slurp("$SERVROOT/conf/nginx.conf");
+    $conf =~ s/listen 127\.0\.0\.1:$SERVER_PORT;/listen 127.0.0.1:$port;/g;
+    _spew("$prefix/conf/nginx.conf", $conf);
+    my $pid = _spawn([$NGINX, '-p', "$prefix/", '-c', 'conf/nginx.conf', '-e', 'logs/error.log'],
+                     "$prefix/logs/stderr.log");
+    track_child($pid);
+    my $deadline = time + $START_TIMEOUT;
+    until (my $sock = _connect($port, 1)) {
+        die "the second nginx did not start:\n" . _tail(_slurp("$prefix/logs/error.log"))
+            if time > $deadline || defined _wait_exit($pid, 0);
+        sleep 0.05;
+    }
+    return wantarray ? ($port, $pid) : $port;
+}
+
 # Stop nginx: SIGQUIT (graceful), then SIGTERM, then SIGKILL of master and
 # workers.  Returns 1 when the graceful stop worked (also when nothing ran).
 # In valgrind mode, outside blocks, one more test checks that run's logs.
@@ -950,12 +976,14 @@ sub concurrent_requests {
     my $deadline = time + $timeout * $TIME_FACTOR;
     my (@socks, %out, %in, %done, %idx);
     for my $i (0 .. $#requests) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => server_port(),
+        # A request is its bytes, or [port, bytes] for another server.
+        my ($port, $data) = ref $requests[$i] ? @{ $requests[$i] } : (server_port(), $requests[$i]);
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
                                       Proto => 'tcp', Timeout => 3) or die "connect: $@";
         $s->blocking(0);
         push @socks, $s;
         $idx{"$s"} = $i;
-        $out{$i} = $requests[$i];
+        $out{$i} = $data;
         $in{$i} = '';
     }
     my $rsel = IO::Select->new(@socks);
