@@ -34,6 +34,9 @@
 //     enrich             ingest_member + QueueElement + format_rpush (the
 //                        RESP command the glue hands to hiredis)
 //     core_total         the three above, in sequence
+//     budget_known       what a daily budget adds to an admitted session's
+//                        later batch: the UTC day and the worker's memory of
+//                        the day's decisions (10,000 sessions), no Redis
 //
 // Times are this thread's CPU time (time spent waiting for the CPU is not
 // counted: the bench's machine may be shared). Each part is sampled N times
@@ -66,6 +69,7 @@
 
 #include "batch_validator.h"
 #include "body_decoder.h"
+#include "budget.h"
 #include "enrichment.h"
 #include "redis_protocol.h"
 
@@ -444,6 +448,16 @@ int main(int argc, char** argv)
             std::string ingest = recording::ingest_member(fields);
             recording::QueueElement element(d.decoded(), b, ingest);
             sink = recording::format_rpush(recording::queue_key(1), element).size();
+        });
+        recording::BudgetDecisions decisions;
+        constexpr std::string_view kServer = "127.0.0.1:6379";
+        for (int i = 0; i < 10000; i++) {
+            decisions.remember(kServer, "42", "session-" + std::to_string(i), 20429, true);
+        }
+        decisions.remember(kServer, "42", check.session_id, 20429, true);
+        const int64_t now_ms = 20429LL * recording::kDayMs + 3600000;
+        add("budget_known", [&] {
+            sink = decisions.find(kServer, "42", check.session_id, recording::utc_day(now_ms)).value_or(false);
         });
         std::vector<size_t> calls;
         for (auto& [part, f] : parts) {
