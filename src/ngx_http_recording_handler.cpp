@@ -8,8 +8,7 @@
 // Each step's work is done in the file named after it (the core's
 // body_decoder, batch_validator, site_settings, sampling, budget,
 // enrichment and redis_protocol; the glue's body, site, budget and queue);
-// this file only
-// orders the steps, keeps the request's state and answers.
+// this file only orders the steps, keeps the request's state and answers.
 
 #include "ngx_http_recording_handler.h"
 
