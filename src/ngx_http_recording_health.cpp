@@ -90,9 +90,7 @@ ngx_int_t ngx_http_recording_health_handler(ngx_http_request_t *r) noexcept
         auto *rlcf = static_cast<ngx_http_recording_loc_conf_t *>(
             ngx_http_get_module_loc_conf(r, ngx_http_recording_module));
         recording::HealthFacts facts;
-        // ngx_quit is set when the signal comes, ngx_exiting once the
-        // listeners are closed: a request in between is answered too.
-        facts.shutting_down = ngx_quit || ngx_exiting || ngx_terminate;
+        facts.shutting_down = ngx_http_recording_worker_exiting();
         if (!facts.shutting_down) {
             facts.redis_failing = redis_failing(*rmcf, {rlcf->redis_connect_timeout, rlcf->redis_read_timeout});
             facts.spool = ngx_http_recording_spool_enabled();

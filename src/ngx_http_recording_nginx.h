@@ -43,6 +43,14 @@ inline ngx_connection_t ngx_http_recording_no_connection = [] {
     return c;
 }();
 
+// The worker is on its way out (nginx -s quit or stop, a reload's old
+// workers): ngx_quit and ngx_terminate are set when the signal comes,
+// ngx_exiting once the listeners are closed.
+inline bool ngx_http_recording_worker_exiting() noexcept
+{
+    return ngx_quit || ngx_exiting || ngx_terminate;
+}
+
 // nginx's millisecond clock wraps around: times are compared by the sign of
 // their difference, never directly.
 inline bool ngx_http_recording_before(ngx_msec_t a, ngx_msec_t b) noexcept

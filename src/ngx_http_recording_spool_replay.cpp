@@ -48,7 +48,7 @@ struct {
 
 bool stopping()
 {
-    return replay.exiting || ngx_exiting || ngx_terminate || ngx_quit;
+    return replay.exiting || ngx_http_recording_worker_exiting();
 }
 
 void resume_soon(ngx_msec_t delay) noexcept

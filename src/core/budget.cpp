@@ -160,9 +160,8 @@ void BudgetDecisions::remember(std::string_view scope, std::string_view site_id,
     if (decisions_.size() >= capacity_) {
         decisions_.clear();
     }
-    std::string key;
-    make_key(key, scope, site_id, session_id);
-    decisions_[std::move(key)] = admitted;
+    make_key(scratch_, scope, site_id, session_id);
+    decisions_[scratch_] = admitted;
 }
 
 }  // namespace recording
