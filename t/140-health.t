@@ -78,10 +78,11 @@ my $TIMEOUTS = 'recording_redis_connect_timeout 300ms; recording_redis_read_time
     ok($all_ok, "$t: $n health requests all answered 200");
     # A bound that grows with the run's length, so a slow machine only
     # loosens it: a PING per request would be $n.
+    # The once-a-second rule itself is HealthProbe's, unit-tested in core
+    # with a clock the test sets; here, only counts are asserted.
+    diag(sprintf("%s: %d PINGs for %d requests over %.1fs", $t, $pings, $n, $seconds));
     cmp_ok($pings, '>=', 1, "$t: Redis is asked (a PING)");
-    cmp_ok($pings, '<=', int($seconds) + 2,
-           "$t: $pings PINGs for $n requests over ${\ sprintf('%.1f', $seconds)}s (at most one a second)");
-    cmp_ok($pings, '<', $n / 4, "$t: ... far fewer PINGs than requests");
+    cmp_ok($pings, '<', $n / 4, "$t: far fewer PINGs ($pings) than health requests ($n)");
 }
 
 # ---------------------------------------------------------------------------
