@@ -65,7 +65,7 @@ target_include_directories(ngx_http_recording_module SYSTEM PRIVATE
     ${NGINX_OBJS_DIR}
 )
 target_include_directories(ngx_http_recording_module PRIVATE src)
-target_link_libraries(ngx_http_recording_module PRIVATE recording_core PkgConfig::HIREDIS)
+target_link_libraries(ngx_http_recording_module PRIVATE recording_core PkgConfig::HIREDIS PkgConfig::OPENSSL)
 # Only what nginx's loader needs leaves the .so.
 target_link_options(ngx_http_recording_module PRIVATE
     -Wl,--version-script=${CMAKE_SOURCE_DIR}/src/ngx_http_recording_module.map

@@ -303,7 +303,7 @@ void ClusterRoute::on_command_reply(ClusterCommand *cmd, const redisReply *reply
         // never came up did not leave: it waits for a map that routes it.
         if (!closing_ && from != nullptr) {
             from->failed = true;
-            if (!from->client->connected() && ngx_http_recording_before(ngx_current_msec, cmd->wait_until)
+            if (!cmd->unconfirmed && ngx_http_recording_before(ngx_current_msec, cmd->wait_until)
                 && wait_for_map(cmd, cmd->wait_until))
             {
                 return;

@@ -8,6 +8,8 @@
 
 #include "ngx_http_recording_cluster_map.h"
 
+#include "ngx_http_recording_redis_conf.h"
+
 #include <hiredis/hiredis.h>
 
 #include <new>
@@ -137,10 +139,13 @@ ClusterNode *ClusterMap::node(const NodeAddress &address) noexcept
         n->address = address;
         n->name = address.name();
         n->host = address.host;
-        n->redis_address.name = ngx_http_recording_str(n->name);
-        n->redis_address.host = ngx_http_recording_str(n->host);  // c_str(): NUL-terminated
-        n->redis_address.port = address.port;
-        n->client.reset(new (std::nothrow) RedisClient(n->redis_address, login_, log_, connections_));
+        // c_str(): NUL-terminated, as the address wants them.
+        if (!ngx_http_recording_numeric_redis_address(&n->redis_address, ngx_http_recording_str(n->name),
+                                                      ngx_http_recording_str(n->host), address.port))
+        {
+            return nullptr;  // the map holds IP addresses only
+        }
+        n->client.reset(new (std::nothrow) RedisClient(n->redis_address, login_, server_->tls, log_, connections_));
         if (n->client == nullptr) {
             return nullptr;
         }

@@ -17,7 +17,7 @@
 struct ClusterNode {
     recording::NodeAddress address;
     std::string name;       // for logs
-    std::string host;       // NUL-terminated copy for hiredis
+    std::string host;       // NUL-terminated copy for the address
     RedisAddress redis_address{};
     std::unique_ptr<RedisClient> client;
     bool seed = false;

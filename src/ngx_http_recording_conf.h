@@ -17,12 +17,27 @@ struct RedisTimeouts {
     ngx_msec_t reply;
 };
 
-// Where one server listens, resolved when the configuration was read.
+// Where one server listens, resolved when the configuration was read (or,
+// for a cluster's nodes, when the cluster named them: always numeric).
 struct RedisAddress {
-    ngx_str_t  name;       // "host:port" or "unix:/path", for logs
-    ngx_str_t  host;       // numeric address, NUL-terminated, or empty
-    ngx_int_t  port;
-    ngx_str_t  unix_path;  // NUL-terminated, or empty
+    ngx_str_t       name;       // "host:port" or "unix:/path", for logs
+    ngx_str_t       host;       // numeric address, NUL-terminated, or empty (unix:)
+    ngx_int_t       port;
+    ngx_str_t       server_name;  // the host as written, NUL-terminated: what TLS checks
+    ngx_sockaddr_t  sockaddr;   // what the worker connects to
+    socklen_t       socklen;
+};
+
+// TLS to Redis: the recording_redis_ssl_* directives, one set for every
+// server whose recording_redis says "ssl".
+struct ngx_http_recording_redis_tls_t {
+    ngx_ssl_t   *ssl;                  // made at postconfiguration, when a server needs it
+    ngx_flag_t   verify;
+    ngx_str_t    name;                 // checked and sent as SNI; empty: each server's host
+    ngx_str_t    trusted_certificate;  // empty: the system's CA store
+    ngx_str_t    certificate;
+    ngx_str_t    certificate_key;
+    ngx_uint_t   protocols;
 };
 
 // What every new connection sends first (empty or -1: nothing).
@@ -43,7 +58,9 @@ struct ngx_http_recording_redis_server_t {
     ngx_str_t    id;          // the arguments but the password: kept in spool records
     ngx_array_t  addresses;   // of RedisAddress
     ngx_flag_t   cluster;
+    ngx_flag_t   ssl;
     RedisLogin   login;
+    const ngx_http_recording_redis_tls_t *tls;  // null: plain TCP
     RedisRoute  *route;       // this worker's
     ngx_int_t    stats_slot;  // in ngx_http_recording_stats, or NGX_ERROR
 };
@@ -60,6 +77,8 @@ struct ngx_http_recording_main_conf_t {
     ngx_str_t        spool_path;       // empty: no spool
     off_t            spool_max_size;
     ngx_flag_t       spool_fsync;
+
+    ngx_http_recording_redis_tls_t  tls;
 };
 
 struct ngx_http_recording_loc_conf_t {

@@ -11,6 +11,7 @@
 #include "ngx_http_recording_queue.h"
 #include "ngx_http_recording_redis.h"
 #include "ngx_http_recording_redis_conf.h"
+#include "ngx_http_recording_redis_tls.h"
 #include "ngx_http_recording_site_cache.h"
 #include "ngx_http_recording_spool.h"
 #include "ngx_http_recording_stats.h"
@@ -136,6 +137,36 @@ ngx_command_t commands[] = {
      ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_recording_loc_conf_t, redis_read_timeout), &timeout_bounds},
 
+    {ngx_string("recording_redis_ssl_verify"),
+     NGX_HTTP_MAIN_CONF | NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(ngx_http_recording_main_conf_t, tls.verify), nullptr},
+
+    {ngx_string("recording_redis_ssl_trusted_certificate"),
+     NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_str_slot, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(ngx_http_recording_main_conf_t, tls.trusted_certificate), nullptr},
+
+    {ngx_string("recording_redis_ssl_name"),
+     NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_str_slot, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(ngx_http_recording_main_conf_t, tls.name), nullptr},
+
+    {ngx_string("recording_redis_ssl_certificate"),
+     NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_str_slot, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(ngx_http_recording_main_conf_t, tls.certificate), nullptr},
+
+    {ngx_string("recording_redis_ssl_certificate_key"),
+     NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_str_slot, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(ngx_http_recording_main_conf_t, tls.certificate_key), nullptr},
+
+    {ngx_string("recording_redis_ssl_protocols"),
+     NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
+     ngx_conf_set_bitmask_slot, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(ngx_http_recording_main_conf_t, tls.protocols), ngx_http_recording_redis_ssl_protocols},
+
     {ngx_string("recording_site_cache_ttl"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET,
@@ -195,6 +226,7 @@ void *create_main_conf(ngx_conf_t *cf) noexcept
     rmcf->pending_limit = NGX_CONF_UNSET_SIZE;
     rmcf->spool_max_size = NGX_CONF_UNSET;
     rmcf->spool_fsync = NGX_CONF_UNSET;
+    rmcf->tls.verify = NGX_CONF_UNSET;
     return rmcf;
 }
 
@@ -206,6 +238,7 @@ char *init_main_conf(ngx_conf_t *, void *conf) noexcept
     }
     ngx_conf_init_size_value(rmcf->pending_limit, kDefaultPendingLimit);
     ngx_conf_init_value(rmcf->spool_fsync, 0);
+    ngx_http_recording_redis_tls_defaults(&rmcf->tls);
     return NGX_CONF_OK;
 }
 
@@ -391,6 +424,10 @@ ngx_int_t postconfiguration(ngx_conf_t *cf) noexcept
 {
     auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
         ngx_http_conf_get_module_main_conf(cf, ngx_http_recording_module));
+    // Every server is known by now (merge_loc_conf adds the default one).
+    if (ngx_http_recording_redis_tls_init(cf, rmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
     if (!rmcf->ingest_used && !rmcf->status_used) {
         return NGX_OK;
     }
@@ -430,7 +467,7 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept
             s->route = ngx_http_recording_cluster_create(s, cycle->log, connections);
         } else {
             s->route = new (std::nothrow) RedisClient(*static_cast<RedisAddress *>(s->addresses.elts),
-                                                      s->login, cycle->log, connections);
+                                                      s->login, s->tls, cycle->log, connections);
         }
         if (s->route == nullptr) {
             return NGX_ERROR;

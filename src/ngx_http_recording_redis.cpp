@@ -1,25 +1,49 @@
-// The event-loop adapter between hiredis and nginx.
+// One connection to one Redis server, on nginx's connection I/O.
 //
-// hiredis owns the socket: after a failed connect or a disconnect it calls
-// every pending callback with a null reply, then cleanup(), then closes the
-// fd itself. So the nginx connection wrapping that fd is released in
-// cleanup() without closing it. Events are registered level-triggered: with
-// nginx's edge-triggered epoll, hiredis (which reads at most 16 KiB per call)
-// would leave replies unread in the socket.
+// The socket is an nginx connection: its events come from nginx's event
+// loop (edge-triggered epoll: reads and writes go on until EAGAIN), its
+// bytes go through c->recv/c->send, which nginx's OpenSSL layer replaces
+// with TLS once the handshake is done. hiredis only reads the protocol
+// (redisReader). Commands are queued in one buffer and written when the
+// current events are handled (a posted write event): the commands of one
+// turn of the event loop leave in one write.
+//
+// A connection goes idle -> connecting -> (handshaking) -> ready. The login
+// (AUTH, SELECT) is queued first; commands sent meanwhile wait in held_.
+// When a connection is dropped, every call still pending is answered with a
+// null reply, after the client forgot the connection.
 
 #include "ngx_http_recording_redis.h"
 
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <netinet/tcp.h>
 
 #include <new>
 
+#include "ngx_http_recording_redis_tls.h"
 #include "ngx_http_recording_stats.h"
+#include "redis_protocol.h"
 
-RedisClient::RedisClient(const RedisAddress &address, const RedisLogin &login, ngx_log_t *log,
+namespace {
+
+// The size of one read from the socket. Replies of the ingest path are
+// small; a larger one takes several reads.
+constexpr size_t kReadSize = 16384;
+u_char read_buffer[kReadSize];  // a worker has one thread: shared by every client
+
+// A pool for what nginx's OpenSSL layer allocates per connection.
+constexpr size_t kTlsPoolSize = 1024;
+
+}  // namespace
+
+RedisClient::RedisClient(const RedisAddress &address, const RedisLogin &login,
+                         const ngx_http_recording_redis_tls_t *tls, ngx_log_t *log,
                          ngx_atomic_t *connections) noexcept
-    : address_(address), login_(login), log_(log), connections_(connections)
+    : address_(address), login_(login), tls_(tls), log_(log), connections_(connections)
 {
+    if (tls_ != nullptr) {
+        tls_name_ = tls_->name.len != 0 ? tls_->name : address_.server_name;
+    }
     connect_timer_.handler = on_connect_timeout;
     connect_timer_.data = this;
     connect_timer_.log = log;
@@ -35,156 +59,23 @@ RedisClient::~RedisClient()
 
 void RedisClient::close() noexcept
 {
-    if (context_ != nullptr) {
-        redisAsyncFree(context_);  // runs the pending callbacks, then cleanup()
+    if (state_ != State::idle) {
+        drop();
     }
-}
-
-bool RedisClient::connect(ngx_msec_t timeout) noexcept
-{
-    if (attempted_before_) {
-        ngx_http_recording_count(&ngx_http_recording_stats_t::reconnects);
-    }
-    attempted_before_ = true;
-    redisAsyncContext *ac;
-    if (address_.unix_path.len != 0) {
-        ac = redisAsyncConnectUnix(reinterpret_cast<const char *>(address_.unix_path.data));
-    } else {
-        ac = redisAsyncConnect(reinterpret_cast<const char *>(address_.host.data),
-                               static_cast<int>(address_.port));
-    }
-    if (ac == nullptr) {
-        ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis %V: out of memory", &address_.name);
-        return false;
-    }
-    if (ac->err) {
-        if (failing_.begins()) {
-            ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis %V: connect failed: %s",
-                          &address_.name, ac->errstr);
-        }
-        redisAsyncFree(ac);
-        return false;
-    }
-
-    ngx_connection_t *c = ngx_get_connection(ac->c.fd, log_);
-    if (c == nullptr) {
-        redisAsyncFree(ac);
-        return false;
-    }
-    c->data = this;
-    c->read->handler = on_readable;
-    c->write->handler = on_writable;
-    c->read->log = log_;
-    c->write->log = log_;
-
-    context_ = ac;
-    connection_ = c;
-    connected_ = false;
-
-    ac->data = this;
-    ac->ev.data = this;
-    ac->ev.addRead = add_read;
-    ac->ev.delRead = del_read;
-    ac->ev.addWrite = add_write;
-    ac->ev.delWrite = del_write;
-    ac->ev.cleanup = cleanup;
-    redisAsyncSetConnectCallback(ac, on_connected);
-    redisAsyncSetDisconnectCallback(ac, on_disconnected);
-
-    // Writability tells that the non-blocking connect finished.
-    add_write(this);
-    ngx_add_timer(&connect_timer_, timeout);
-    if (!log_in()) {
-        redisAsyncFree(ac);  // cleanup() follows
-        return false;
-    }
-    return true;
-}
-
-// AUTH and SELECT go first on every connection, ahead of any command.
-// Commands wait (held_) until both are answered: behind a refused SELECT,
-// Redis would run them in database 0. A refusal is logged once per change
-// of state and drops the connection: what waits gets no reply (503 or the
-// spool), and for kRetryInterval no new attempt is made. False when the
-// login cannot even be queued (out of memory): the connection is not used.
-bool RedisClient::log_in() noexcept
-{
-    login_replies_ = 0;
-    if (login_.password.len != 0) {
-        int rc;
-        if (login_.user.len != 0) {
-            rc = redisAsyncCommand(context_, on_login_reply, nullptr, "AUTH %b %b", login_.user.data,
-                                   login_.user.len, login_.password.data, login_.password.len);
-        } else {
-            rc = redisAsyncCommand(context_, on_login_reply, nullptr, "AUTH %b", login_.password.data,
-                                   login_.password.len);
-        }
-        if (rc != REDIS_OK) {
-            return false;
-        }
-        login_replies_++;
-    }
-    if (login_.db >= 0) {
-        if (redisAsyncCommand(context_, on_login_reply, nullptr, "SELECT %lld", static_cast<long long>(login_.db))
-            != REDIS_OK)
-        {
-            return false;
-        }
-        login_replies_++;
-    }
-    return true;
-}
-
-void RedisClient::on_login_reply(redisAsyncContext *ac, void *reply, void *) noexcept
-{
-    auto *self = static_cast<RedisClient *>(ac->data);
-    auto *r = static_cast<const redisReply *>(reply);
-    if (r == nullptr || self->login_replies_ == 0) {
-        return;  // the connection is going: cleanup() answers what is held
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        if (self->login_refused_.begins()) {
-            ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: login refused: %*s",
-                          &self->address_.name, r->len, r->str);
-        }
-        self->failing_.begins();
-        self->login_replies_ = 0;
-        self->mark_unreachable();
-        redisAsyncFree(ac);  // from a callback: once it returns
-        return;
-    }
-    if (--self->login_replies_ == 0) {
-        self->login_refused_.ends();
-        self->send_held();
-    }
-}
-
-// Hands the commands that waited for the login to hiredis, in order.
-void RedisClient::send_held() noexcept
-{
-    while (!held_.empty()) {
-        HeldCommand &held = held_.front();
-        if (redisAsyncFormattedCommand(context_, on_reply, held.call, held.command.data(), held.command.size())
-            != REDIS_OK)
-        {
-            redisAsyncFree(context_);  // cleanup() answers the rest
-            return;
-        }
-        held_.pop_front();
-    }
-}
-
-// Only timeouts make a server unreachable: a refused connect answers at
-// once anyway, and the next attempt costs no more than a refusal.
-void RedisClient::mark_unreachable() noexcept
-{
-    unreachable_ = true;
-    retry_at_ = ngx_current_msec + kRetryInterval;
 }
 
 bool RedisClient::available() noexcept
 {
-    return !(unreachable_ && context_ == nullptr && ngx_http_recording_before(ngx_current_msec, retry_at_));
+    return !(unreachable_ && state_ == State::idle && ngx_http_recording_before(ngx_current_msec, retry_at_));
+}
+
+// Only timeouts and refused certificates make a server unreachable: a
+// refused connect answers at once anyway, and the next attempt costs no
+// more than a refusal.
+void RedisClient::mark_unreachable() noexcept
+{
+    unreachable_ = true;
+    retry_at_ = ngx_current_msec + kRetryInterval;
 }
 
 bool RedisClient::send(std::string_view, std::string_view command, RedisCall *call,
@@ -195,39 +86,377 @@ bool RedisClient::send(std::string_view, std::string_view command, RedisCall *ca
 
 bool RedisClient::send(std::string_view command, RedisCall *call, const RedisTimeouts &timeouts) noexcept
 {
+    if (answering_drop_) {
+        return false;
+    }
     // Deadlines count from now, not from when this event began: decoding and
     // validating a large batch may have taken longer than the timeout.
     ngx_time_update();
 
-    if (context_ == nullptr && (!available() || !connect(timeouts.connect))) {
+    if (state_ == State::idle && (!available() || !connect(timeouts.connect))) {
         return false;
     }
-    // While hiredis tears a context down, it takes no new commands.
-    if (context_->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)) {
-        return false;
-    }
-    // The slot is taken first: once hiredis has the command, nothing may fail.
+    bool held = login_replies_ != 0;
     try {
-        pending_.push_back(call);
-        if (login_replies_ != 0) {
-            held_.push_back({std::string(command), call});
-        }
+        pending_.push_back({call, held ? kHeld : queued_, command.size()});
+        (held ? held_ : out_).append(command);
     } catch (const std::bad_alloc &) {
-        if (!pending_.empty() && pending_.back() == call) {
-            pending_.pop_back();
-        }
-        return false;
-    }
-    if (login_replies_ == 0
-        && redisAsyncFormattedCommand(context_, on_reply, call, command.data(), command.size()) != REDIS_OK)
-    {
         pending_.pop_back();
         return false;
+    }
+    if (!held) {
+        queued_ += command.size();
+        schedule_write();
     }
     call->deadline = ngx_current_msec + timeouts.reply;
     arm_reply_timer(timeouts.reply);
     return true;
 }
+
+// ---------------------------------------------------------------------------
+// Connecting
+// ---------------------------------------------------------------------------
+
+bool RedisClient::connect(ngx_msec_t timeout) noexcept
+{
+    if (attempted_before_) {
+        ngx_http_recording_count(&ngx_http_recording_stats_t::reconnects);
+    }
+    attempted_before_ = true;
+
+    reader_ = redisReaderCreate();
+    if (reader_ == nullptr || !queue_login() || !open_socket()) {
+        drop();  // nothing is pending yet: answers nobody
+        return false;
+    }
+    ngx_add_timer(&connect_timer_, timeout);
+    return true;
+}
+
+// AUTH and SELECT go first on every connection, ahead of any command.
+// Commands wait (held_) until both are answered: behind a refused SELECT,
+// Redis would run them in database 0. A refusal is logged once per change
+// of state and drops the connection: what waits gets no reply (503 or the
+// spool), and for kRetryInterval no new attempt is made.
+bool RedisClient::queue_login() noexcept
+{
+    login_replies_ = 0;
+    try {
+        if (login_.password.len != 0) {
+            std::string_view password = ngx_http_recording_view(login_.password);
+            out_ = login_.user.len != 0
+                       ? recording::format_command({"AUTH", ngx_http_recording_view(login_.user), password})
+                       : recording::format_command({"AUTH", password});
+            login_replies_++;
+        }
+        if (login_.db >= 0) {
+            out_ += recording::format_command({"SELECT", std::to_string(login_.db)});
+            login_replies_++;
+        }
+    } catch (const std::bad_alloc &) {
+        return false;
+    }
+    queued_ = out_.size();
+    return true;
+}
+
+// A non-blocking connect on a new nginx connection; false (logged once per
+// change of state) when it failed at once.
+bool RedisClient::open_socket() noexcept
+{
+    const sockaddr *sa = &address_.sockaddr.sockaddr;
+    ngx_socket_t s = ngx_socket(sa->sa_family, SOCK_STREAM, 0);
+    if (s == static_cast<ngx_socket_t>(-1)) {
+        fail("connect failed", ngx_socket_errno, false);
+        return false;
+    }
+    ngx_connection_t *c = ngx_get_connection(s, log_);
+    if (c == nullptr) {
+        ::close(s);
+        return false;  // nginx logged "worker_connections are not enough"
+    }
+    connection_ = c;
+    c->data = this;
+    c->type = SOCK_STREAM;
+    c->recv = ngx_recv;
+    c->send = ngx_send;
+    c->recv_chain = ngx_recv_chain;
+    c->send_chain = ngx_send_chain;
+    c->sendfile = 0;
+    // nginx's OpenSSL layer logs what the peer did wrong at this level; the
+    // client logs the change of state itself, once, at [error].
+    c->log_error = NGX_ERROR_INFO;
+    c->read->handler = on_event;
+    c->write->handler = on_event;
+    c->read->log = log_;
+    c->write->log = log_;
+    c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
+
+    if (ngx_nonblocking(s) == -1) {
+        fail("connect failed", ngx_socket_errno, false);
+        return false;
+    }
+    if (sa->sa_family != AF_UNIX) {
+        // Each command is written as soon as the event loop turns: Nagle's
+        // delay would only wait for the reply to the previous one.
+        int on = 1;
+        (void) setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+    }
+    if (tls_ != nullptr) {
+        c->pool = ngx_create_pool(kTlsPoolSize, log_);
+        if (c->pool == nullptr) {
+            return false;
+        }
+    }
+    if (ngx_add_conn != nullptr) {
+        if (ngx_add_conn(c) == NGX_ERROR) {
+            return false;
+        }
+    } else {
+        ngx_uint_t flags = NGX_LEVEL_EVENT;
+        if (ngx_event_flags & NGX_USE_CLEAR_EVENT) {
+            flags = NGX_CLEAR_EVENT;
+        }
+        if (ngx_add_event(c->read, NGX_READ_EVENT, flags) != NGX_OK
+            || ngx_add_event(c->write, NGX_WRITE_EVENT, flags) != NGX_OK)
+        {
+            return false;
+        }
+    }
+
+    state_ = State::connecting;
+    if (::connect(s, sa, address_.socklen) == -1) {
+        ngx_err_t err = ngx_socket_errno;
+        if (err != NGX_EINPROGRESS) {
+            fail("connect failed", err, false);
+            return false;
+        }
+        return true;  // writability tells that it finished
+    }
+    // Connected at once (a unix socket, often): finished once this event is.
+    ngx_post_event(c->write, &ngx_posted_events);
+    return true;
+}
+
+void RedisClient::connect_done() noexcept
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(connection_->fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1) {
+        err = ngx_socket_errno;
+    }
+    if (err != 0) {
+        fail("connect failed", err, false);
+        return;
+    }
+    if (tls_ == nullptr) {
+        established();
+        return;
+    }
+    state_ = State::handshaking;
+    ngx_int_t rc = ngx_http_recording_redis_tls_handshake(connection_, tls_, tls_name_);
+    if (rc == NGX_AGAIN) {
+        connection_->ssl->handler = on_handshake;
+        return;
+    }
+    handshake_done();
+}
+
+void RedisClient::on_handshake(ngx_connection_t *c) noexcept
+{
+    static_cast<RedisClient *>(c->data)->handshake_done();
+}
+
+// The certificate is checked before any byte of the login goes out: a
+// password must not reach a server that is not the one named.
+void RedisClient::handshake_done() noexcept
+{
+    ngx_connection_t *c = connection_;
+    if (c->ssl == nullptr || !c->ssl->handshaked) {
+        fail("TLS handshake failed", 0, true);
+        return;
+    }
+    char reason[256];
+    if (const char *refusal = ngx_http_recording_redis_tls_refusal(c, tls_, tls_name_, reason, sizeof(reason))) {
+        fail(refusal, 0, true);
+        return;
+    }
+    // nginx's handshake handlers stood in for the client's.
+    c->read->handler = on_event;
+    c->write->handler = on_event;
+    established();
+}
+
+void RedisClient::established() noexcept
+{
+    state_ = State::ready;
+    unreachable_ = false;
+    if (connect_timer_.timer_set) {
+        ngx_del_timer(&connect_timer_);
+    }
+    if (connections_ != nullptr) {
+        (void) ngx_atomic_fetch_add(connections_, 1);
+        counted_ = true;
+    }
+    // Recovery is declared on the first reply: a server that accepts
+    // connections but never answers has not recovered.
+    write_out();
+}
+
+// ---------------------------------------------------------------------------
+// Writing and reading
+// ---------------------------------------------------------------------------
+
+void RedisClient::schedule_write() noexcept
+{
+    if (state_ == State::ready && !connection_->write->posted) {
+        ngx_post_event(connection_->write, &ngx_posted_events);
+    }
+}
+
+void RedisClient::write_out() noexcept
+{
+    ngx_connection_t *c = connection_;
+    while (written_in_out_ < out_.size()) {
+        ssize_t n = c->send(c, reinterpret_cast<u_char *>(out_.data()) + written_in_out_,
+                            out_.size() - written_in_out_);
+        if (n > 0) {
+            written_in_out_ += static_cast<size_t>(n);
+            written_ += static_cast<uint64_t>(n);
+            continue;
+        }
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+                fail("connection lost", 0, false);
+            }
+            return;
+        }
+        fail("connection lost", 0, false);  // nginx logged why, at [info]
+        return;
+    }
+    out_.clear();  // keeps its capacity for the next commands
+    written_in_out_ = 0;
+}
+
+void RedisClient::read_in() noexcept
+{
+    ngx_connection_t *c = connection_;
+    uint64_t generation = generation_;
+    for (;;) {
+        ssize_t n = c->recv(c, read_buffer, kReadSize);
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+                fail("connection lost", 0, false);
+            }
+            return;
+        }
+        if (n == 0 || n == NGX_ERROR) {
+            fail("connection lost", 0, false);
+            return;
+        }
+        if (redisReaderFeed(reader_, reinterpret_cast<const char *>(read_buffer), static_cast<size_t>(n))
+            != REDIS_OK)
+        {
+            fail("connection lost: out of memory", 0, false);
+            return;
+        }
+        for (;;) {
+            void *reply = nullptr;
+            if (redisReaderGetReply(reader_, &reply) != REDIS_OK) {
+                fail("connection lost: a reply that is not RESP", 0, false);
+                return;
+            }
+            if (reply == nullptr) {
+                break;
+            }
+            bool kept = deliver(static_cast<const redisReply *>(reply));
+            freeReplyObject(reply);
+            if (!kept || generation != generation_) {
+                return;  // the connection was dropped meanwhile
+            }
+        }
+    }
+}
+
+// One reply, to the login or to the oldest pending call; false when it
+// dropped the connection.
+bool RedisClient::deliver(const redisReply *reply) noexcept
+{
+    if (login_replies_ != 0) {
+        if (reply->type == REDIS_REPLY_ERROR) {
+            if (login_refused_.begins()) {
+                ngx_log_error(NGX_LOG_ERR, log_, 0, "recording: redis %V: login refused: %*s", &address_.name,
+                              reply->len, reply->str);
+            }
+            failing_.begins();
+            mark_unreachable();
+            drop();
+            return false;
+        }
+        if (--login_replies_ == 0) {
+            login_refused_.ends();
+            release_held();
+        }
+        return true;
+    }
+    if (pending_.empty()) {
+        fail("connection lost: a reply to no command", 0, false);
+        return false;
+    }
+    RedisCall *call = pending_.front().call;
+    pending_.pop_front();
+    if (pending_.empty() && reply_timer_.timer_set) {
+        ngx_del_timer(&reply_timer_);
+    }
+    note_reply(reply);
+    call->unconfirmed = false;
+    call->on_reply(reply);
+    return true;
+}
+
+// The login was answered: what waited for it goes out, in order.
+void RedisClient::release_held() noexcept
+{
+    try {
+        out_.append(held_);
+    } catch (const std::bad_alloc &) {
+        fail("connection dropped: out of memory", 0, false);
+        return;
+    }
+    for (Pending &p : pending_) {
+        if (p.begin == kHeld) {
+            p.begin = queued_;
+            queued_ += p.length;
+        }
+    }
+    held_.clear();
+    schedule_write();
+}
+
+void RedisClient::on_event(ngx_event_t *ev) noexcept
+{
+    auto *c = static_cast<ngx_connection_t *>(ev->data);
+    auto *self = static_cast<RedisClient *>(c->data);
+    switch (self->state_) {
+    case State::connecting:
+        self->connect_done();
+        return;
+    case State::ready:
+        if (ev->write) {
+            self->write_out();
+        } else {
+            self->read_in();
+        }
+        return;
+    case State::idle:
+    case State::handshaking:  // nginx's handshake handler has the events
+        return;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Timeouts, failures, and dropping a connection
+// ---------------------------------------------------------------------------
 
 // One timer covers every pending reply: it is set for the earliest
 // deadline known when it was armed, and re-armed when it fires early.
@@ -241,21 +470,48 @@ void RedisClient::arm_reply_timer(ngx_msec_t timeout) noexcept
     ngx_add_timer(&reply_timer_, timeout);
 }
 
-void RedisClient::on_reply(redisAsyncContext *ac, void *reply, void *privdata) noexcept
+void RedisClient::on_connect_timeout(ngx_event_t *ev) noexcept
 {
-    auto *self = static_cast<RedisClient *>(ac->data);
-    auto *call = static_cast<RedisCall *>(privdata);
+    auto *self = static_cast<RedisClient *>(ev->data);
+    if (self->state_ == State::connecting) {
+        self->fail("connect timed out", NGX_ETIMEDOUT, true);
+    } else if (self->state_ == State::handshaking) {
+        self->fail("TLS handshake timed out", NGX_ETIMEDOUT, true);
+    }
+}
 
-    // hiredis answers in the order the commands went out.
-    if (!self->pending_.empty() && self->pending_.front() == call) {
-        self->pending_.pop_front();
+void RedisClient::on_reply_timeout(ngx_event_t *ev) noexcept
+{
+    auto *self = static_cast<RedisClient *>(ev->data);
+    if (self->pending_.empty() || self->state_ == State::idle) {
+        return;
     }
-    if (self->pending_.empty() && self->reply_timer_.timer_set) {
-        ngx_del_timer(&self->reply_timer_);
+    ngx_msec_t earliest = self->pending_.front().call->deadline;
+    for (const Pending &p : self->pending_) {
+        if (ngx_http_recording_before(p.call->deadline, earliest)) {
+            earliest = p.call->deadline;
+        }
     }
-    self->note_reply(static_cast<const redisReply *>(reply));
-    call->unconfirmed = reply == nullptr && self->connected_;
-    call->on_reply(static_cast<const redisReply *>(reply));
+    if (ngx_msec_t left = ngx_http_recording_left(earliest); left > 0) {
+        ngx_add_timer(&self->reply_timer_, left);
+        return;
+    }
+    // Replies come in order, so nothing after the late one can come either;
+    // a server that does not answer is as good as unreachable.
+    self->fail("no reply in time, dropping the connection", NGX_ETIMEDOUT, true);
+}
+
+// Logs `what` once per change of state, then drops the connection;
+// `unreachable`: no new attempt for kRetryInterval.
+void RedisClient::fail(const char *what, ngx_err_t err, bool unreachable) noexcept
+{
+    if (failing_.begins()) {
+        ngx_log_error(NGX_LOG_ERR, log_, err, "recording: redis %V: %s", &address_.name, what);
+    }
+    if (unreachable) {
+        mark_unreachable();
+    }
+    drop();
 }
 
 // Counts a reply by kind, and logs a change between answering and failing:
@@ -286,195 +542,58 @@ void RedisClient::note_reply(const redisReply *reply) noexcept
     }
 }
 
-void RedisClient::on_connected(const redisAsyncContext *ac, int status) noexcept
+// Closes the connection and forgets it, then answers every pending call
+// with a null reply (`unconfirmed` when some of its bytes were written:
+// Redis may have run it).
+void RedisClient::drop() noexcept
 {
-    auto *self = static_cast<RedisClient *>(ac->data);
-    if (status != REDIS_OK) {
-        // hiredis frees the context after this returns: cleanup() follows.
-        if (self->failing_.begins()) {
-            ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: connect failed: %s",
-                          &self->address_.name, ac->errstr);
-        }
-        return;
-    }
-    self->connected_ = true;
-    self->unreachable_ = false;
-    if (self->connections_ != nullptr) {
-        (void) ngx_atomic_fetch_add(self->connections_, 1);
-    }
-    if (self->connect_timer_.timer_set) {
-        ngx_del_timer(&self->connect_timer_);
-    }
-    // Recovery is declared on the first reply: a server that accepts
-    // connections but never answers has not recovered.
-}
-
-void RedisClient::on_disconnected(const redisAsyncContext *ac, int status) noexcept
-{
-    auto *self = static_cast<RedisClient *>(ac->data);
-    if (status != REDIS_OK) {
-        if (self->failing_.begins()) {
-            ngx_log_error(NGX_LOG_ERR, self->log_, 0, "recording: redis %V: connection lost: %s",
-                          &self->address_.name, ac->errstr);
-        }
-    }
-}
-
-void RedisClient::on_readable(ngx_event_t *ev) noexcept
-{
-    auto *c = static_cast<ngx_connection_t *>(ev->data);
-    auto *self = static_cast<RedisClient *>(c->data);
-    if (self->context_ != nullptr) {
-        redisAsyncHandleRead(self->context_);  // may free the context and c
-    }
-}
-
-void RedisClient::on_writable(ngx_event_t *ev) noexcept
-{
-    auto *c = static_cast<ngx_connection_t *>(ev->data);
-    auto *self = static_cast<RedisClient *>(c->data);
-    if (self->context_ != nullptr) {
-        redisAsyncHandleWrite(self->context_);  // may free the context and c
-    }
-}
-
-void RedisClient::on_connect_timeout(ngx_event_t *ev) noexcept
-{
-    auto *self = static_cast<RedisClient *>(ev->data);
-    if (self->context_ == nullptr || self->connected_) {
-        return;
-    }
-    if (self->failing_.begins()) {
-        ngx_log_error(NGX_LOG_ERR, self->log_, NGX_ETIMEDOUT, "recording: redis %V: connect timed out",
-                      &self->address_.name);
-    }
-    self->mark_unreachable();
-    redisAsyncFree(self->context_);
-}
-
-void RedisClient::on_reply_timeout(ngx_event_t *ev) noexcept
-{
-    auto *self = static_cast<RedisClient *>(ev->data);
-    if (self->pending_.empty() || self->context_ == nullptr) {
-        return;
-    }
-    ngx_msec_t earliest = self->pending_.front()->deadline;
-    for (RedisCall *call : self->pending_) {
-        if (ngx_http_recording_before(call->deadline, earliest)) {
-            earliest = call->deadline;
-        }
-    }
-    if (ngx_msec_t left = ngx_http_recording_left(earliest); left > 0) {
-        ngx_add_timer(&self->reply_timer_, left);
-        return;
-    }
-    // Replies come in order, so nothing after the late one can come either.
-    if (self->failing_.begins()) {
-        ngx_log_error(NGX_LOG_ERR, self->log_, NGX_ETIMEDOUT,
-                      "recording: redis %V: no reply in time, dropping the connection", &self->address_.name);
-    }
-    // A server that does not answer is as good as unreachable.
-    self->mark_unreachable();
-    redisAsyncFree(self->context_);
-}
-
-void RedisClient::watch(ngx_event_t *ev, ngx_int_t event, bool on) noexcept
-{
-    if (connection_ == nullptr || ev->active == static_cast<unsigned>(on)) {
-        return;
-    }
-    // NGX_LEVEL_EVENT: see the comment at the top of this file.
-    if (on) {
-        ngx_add_event(ev, event, NGX_LEVEL_EVENT);
-    } else {
-        ngx_del_event(ev, event, NGX_LEVEL_EVENT);
-    }
-}
-
-void RedisClient::add_read(void *self) noexcept
-{
-    auto *client = static_cast<RedisClient *>(self);
-    if (client->connection_ != nullptr) {
-        client->watch(client->connection_->read, NGX_READ_EVENT, true);
-    }
-}
-
-void RedisClient::del_read(void *self) noexcept
-{
-    auto *client = static_cast<RedisClient *>(self);
-    if (client->connection_ != nullptr) {
-        client->watch(client->connection_->read, NGX_READ_EVENT, false);
-    }
-}
-
-void RedisClient::add_write(void *self) noexcept
-{
-    auto *client = static_cast<RedisClient *>(self);
-    if (client->connection_ != nullptr) {
-        client->watch(client->connection_->write, NGX_WRITE_EVENT, true);
-    }
-}
-
-void RedisClient::del_write(void *self) noexcept
-{
-    auto *client = static_cast<RedisClient *>(self);
-    if (client->connection_ != nullptr) {
-        client->watch(client->connection_->write, NGX_WRITE_EVENT, false);
-    }
-}
-
-// hiredis is about to close the fd: forget it on nginx's side without
-// closing it a second time.
-void RedisClient::cleanup(void *self) noexcept
-{
-    static_cast<RedisClient *>(self)->release_connection();
-}
-
-void RedisClient::release_connection() noexcept
-{
+    generation_++;
     if (connect_timer_.timer_set) {
         ngx_del_timer(&connect_timer_);
     }
     if (reply_timer_.timer_set) {
         ngx_del_timer(&reply_timer_);
     }
-    ngx_connection_t *c = connection_;
-    if (c != nullptr) {
-        if (c->read->active) {
-            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+    if (ngx_connection_t *c = connection_) {
+        if (c->ssl != nullptr) {
+            // close_notify if it can go at once; never wait for the peer's.
+            c->ssl->no_wait_shutdown = 1;
+            if (ngx_ssl_shutdown(c) == NGX_AGAIN) {
+                c->error = 1;  // a quiet shutdown: done at once
+                (void) ngx_ssl_shutdown(c);
+            }
         }
-        if (c->write->active) {
-            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+        ngx_pool_t *pool = c->pool;
+        ngx_close_connection(c);
+        if (pool != nullptr) {
+            ngx_destroy_pool(pool);
         }
-        if (c->read->posted) {
-            ngx_delete_posted_event(c->read);
-        }
-        if (c->write->posted) {
-            ngx_delete_posted_event(c->write);
-        }
-        ngx_free_connection(c);
-        c->fd = static_cast<ngx_socket_t>(-1);
     }
-    if (context_ != nullptr) {
-        // hiredis may call cleanup() again for this context, possibly after
-        // a pending callback made a new connection: keep it away from that.
-        context_->ev = {};
+    if (reader_ != nullptr) {
+        redisReaderFree(reader_);
     }
-    if (connected_ && connections_ != nullptr) {
+    if (counted_) {
         (void) ngx_atomic_fetch_add(connections_, -1);
+        counted_ = false;
     }
     connection_ = nullptr;
-    context_ = nullptr;
-    connected_ = false;
+    reader_ = nullptr;
+    state_ = State::idle;
     login_replies_ = 0;
-    pending_.clear();  // hiredis has answered every one it had with a null reply
-    // Those that waited for the login never reached hiredis: answered here,
-    // after hiredis's (they came later). A call may send again meanwhile.
-    std::deque<HeldCommand> held;
-    held.swap(held_);
-    for (HeldCommand &h : held) {
+    out_.clear();
+    held_.clear();
+    written_in_out_ = 0;
+    uint64_t written = written_;
+    queued_ = 0;
+    written_ = 0;
+
+    std::deque<Pending> pending;
+    pending.swap(pending_);
+    answering_drop_ = true;
+    for (const Pending &p : pending) {
         note_reply(nullptr);
-        h.call->unconfirmed = false;
-        h.call->on_reply(nullptr);
+        p.call->unconfirmed = p.begin != kHeld && written > p.begin;
+        p.call->on_reply(nullptr);
     }
+    answering_drop_ = false;
 }

@@ -1,18 +1,21 @@
 // The worker's way to Redis: a route takes commands and answers each once.
-// RedisClient is one connection to one server (hiredis's async API driven
-// by nginx's event loop, with nginx timers for connect and reply timeouts);
-// a cluster route (ngx_http_recording_cluster.h) keeps one RedisClient per
-// master and sends each command to the master owning its key.
+// RedisClient is one connection to one server: an nginx connection (its
+// events, its c->recv/c->send, and nginx's OpenSSL layer for TLS) with
+// hiredis's reply reader for the protocol, and nginx timers for the connect
+// (with the TLS handshake) and reply timeouts. A cluster route
+// (ngx_http_recording_cluster.h) keeps one RedisClient per master and sends
+// each command to the master owning its key.
 #pragma once
 
 #include "ngx_http_recording_conf.h"
 #include "spell.h"
 
+#include <cstdint>
 #include <deque>
 #include <string>
 #include <string_view>
 
-struct redisAsyncContext;
+struct redisReader;
 struct redisReply;
 
 // A command waiting for its reply. on_reply() runs exactly once for every
@@ -55,9 +58,10 @@ public:
 
 class RedisClient final : public RedisRoute {
 public:
-    // `connections` counts the workers connected to this server (or null).
-    RedisClient(const RedisAddress &address, const RedisLogin &login, ngx_log_t *log,
-                ngx_atomic_t *connections) noexcept;
+    // `tls` null: plain TCP. `connections` counts the workers connected to
+    // this server (or null).
+    RedisClient(const RedisAddress &address, const RedisLogin &login, const ngx_http_recording_redis_tls_t *tls,
+                ngx_log_t *log, ngx_atomic_t *connections) noexcept;
     ~RedisClient() override;
     RedisClient(const RedisClient &) = delete;
     RedisClient &operator=(const RedisClient &) = delete;
@@ -73,46 +77,70 @@ public:
 
     const ngx_str_t &name() const noexcept { return address_.name; }
 
-    // The connection is (or, within the null replies of its teardown, was)
-    // established: false there means the command never left the worker.
-    bool connected() const noexcept { return connected_; }
+    // The connection is established (TCP and TLS): commands may go out.
+    bool connected() const noexcept { return state_ == State::ready; }
 
-    // After a connect or a reply timed out, attempts wait this long:
-    // meanwhile send() fails at once.
+    // After a connect, a handshake or a reply timed out, or the server's
+    // certificate was refused, attempts wait this long: meanwhile send()
+    // fails at once.
     static constexpr ngx_msec_t kRetryInterval = 1000;
 
 private:
+    enum class State { idle, connecting, handshaking, ready };
+
+    // A command sent and not answered: where its bytes begin in what this
+    // connection queued (kHeld while it waits for the login).
+    struct Pending {
+        RedisCall *call;
+        uint64_t begin;
+        size_t length;
+    };
+    static constexpr uint64_t kHeld = UINT64_MAX;
+
     bool connect(ngx_msec_t timeout) noexcept;
-    bool log_in() noexcept;
-    void send_held() noexcept;
+    bool open_socket() noexcept;
+    bool queue_login() noexcept;
+    void connect_done() noexcept;
+    void handshake_done() noexcept;
+    void established() noexcept;
+    void release_held() noexcept;
+    void schedule_write() noexcept;
+    void write_out() noexcept;
+    void read_in() noexcept;
+    bool deliver(const redisReply *reply) noexcept;
+    void drop() noexcept;
+    void fail(const char *what, ngx_err_t err, bool unreachable) noexcept;
     void mark_unreachable() noexcept;
-    void watch(ngx_event_t *ev, ngx_int_t event, bool on) noexcept;
-    void release_connection() noexcept;
     void arm_reply_timer(ngx_msec_t timeout) noexcept;
     void note_reply(const redisReply *reply) noexcept;
 
-    static void on_connected(const redisAsyncContext *ac, int status) noexcept;
-    static void on_disconnected(const redisAsyncContext *ac, int status) noexcept;
-    static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) noexcept;
-    static void on_login_reply(redisAsyncContext *ac, void *reply, void *privdata) noexcept;
-    static void on_readable(ngx_event_t *ev) noexcept;
-    static void on_writable(ngx_event_t *ev) noexcept;
+    static void on_event(ngx_event_t *ev) noexcept;
+    static void on_handshake(ngx_connection_t *c) noexcept;
     static void on_connect_timeout(ngx_event_t *ev) noexcept;
     static void on_reply_timeout(ngx_event_t *ev) noexcept;
 
-    static void add_read(void *self) noexcept;
-    static void del_read(void *self) noexcept;
-    static void add_write(void *self) noexcept;
-    static void del_write(void *self) noexcept;
-    static void cleanup(void *self) noexcept;
-
     RedisAddress address_;
     RedisLogin login_;
+    const ngx_http_recording_redis_tls_t *tls_;
+    ngx_str_t tls_name_{};   // the name the certificate must carry
     ngx_log_t *log_;
 
-    redisAsyncContext *context_ = nullptr;
+    State state_ = State::idle;
     ngx_connection_t *connection_ = nullptr;
-    bool connected_ = false;
+    redisReader *reader_ = nullptr;
+    // Bumped whenever a connection is dropped: a reply's callback may drop
+    // it, and whoever was reading from it must then stop.
+    uint64_t generation_ = 0;
+    // While a dropped connection's calls are answered, send() refuses:
+    // none of them may reconnect from within the teardown.
+    bool answering_drop_ = false;
+
+    std::string out_;          // queued, not yet written: out_[written_in_out_..]
+    size_t written_in_out_ = 0;
+    uint64_t queued_ = 0;      // bytes queued on this connection, in all
+    uint64_t written_ = 0;     // of which written to the socket
+    std::deque<Pending> pending_;
+
     // Redis is failing (connect, loss, timeout): errors are logged once per
     // change of state, and the recovery when a reply comes again.
     recording::Spell failing_;
@@ -121,16 +149,12 @@ private:
     bool unreachable_ = false;
     ngx_msec_t retry_at_ = 0;
     ngx_atomic_t *connections_;
-    std::deque<RedisCall *> pending_;
+    bool counted_ = false;     // in connections_
 
     // While the login (AUTH, SELECT) of a new connection is unanswered,
-    // commands wait here (and in pending_): none may run unauthenticated or
-    // in database 0 because a SELECT was refused.
-    struct HeldCommand {
-        std::string command;
-        RedisCall *call;
-    };
-    std::deque<HeldCommand> held_;
+    // commands wait here (their calls in pending_, as kHeld): none may run
+    // unauthenticated, or in database 0 because a SELECT was refused.
+    std::string held_;
     unsigned login_replies_ = 0;   // login replies still to come
     recording::Spell login_refused_;
 

@@ -10,25 +10,25 @@ namespace {
 
 constexpr ngx_int_t kDefaultRedisPort = 6379;
 
+// Copies `text` into the pool, NUL-terminated (for system calls and
+// OpenSSL).
+ngx_str_t copy_terminated(ngx_pool_t *pool, const u_char *text, size_t len) noexcept
+{
+    ngx_str_t copy = {0, static_cast<u_char *>(ngx_pnalloc(pool, len + 1))};
+    if (copy.data != nullptr) {
+        ngx_memcpy(copy.data, text, len);
+        copy.data[len] = '\0';
+        copy.len = len;
+    }
+    return copy;
+}
+
 // Resolves one address of `recording_redis`: "host[:port]" (resolved here,
 // once, so that a worker never blocks on a lookup) or "unix:/path".
 bool resolve_redis_address(ngx_conf_t *cf, ngx_str_t *text, RedisAddress *address) noexcept
 {
     ngx_memzero(address, sizeof(RedisAddress));
     address->name = *text;
-
-    static const ngx_str_t unix_prefix = ngx_string("unix:");
-    if (text->len > unix_prefix.len && ngx_strncasecmp(text->data, unix_prefix.data, unix_prefix.len) == 0) {
-        size_t len = text->len - unix_prefix.len;
-        address->unix_path.data = static_cast<u_char *>(ngx_pnalloc(cf->pool, len + 1));
-        if (address->unix_path.data == nullptr) {
-            return false;
-        }
-        ngx_memcpy(address->unix_path.data, text->data + unix_prefix.len, len);
-        address->unix_path.data[len] = '\0';
-        address->unix_path.len = len;
-        return true;
-    }
 
     ngx_url_t u;
     ngx_memzero(&u, sizeof(ngx_url_t));
@@ -39,17 +39,23 @@ bool resolve_redis_address(ngx_conf_t *cf, ngx_str_t *text, RedisAddress *addres
                            u.err != nullptr ? u.err : "host not found", text);
         return false;
     }
+    ngx_memcpy(&address->sockaddr, u.addrs[0].sockaddr, u.addrs[0].socklen);
+    address->socklen = u.addrs[0].socklen;
+    if (u.family == AF_UNIX) {
+        return true;
+    }
     u_char buf[NGX_SOCKADDR_STRLEN + 1];
     size_t len = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, buf, NGX_SOCKADDR_STRLEN, 0);
-    address->host.data = static_cast<u_char *>(ngx_pnalloc(cf->pool, len + 1));
-    if (address->host.data == nullptr) {
-        return false;
+    address->host = copy_terminated(cf->pool, buf, len);
+    // What TLS checks: the host as written, an IPv6 address without its brackets.
+    ngx_str_t host = u.host;
+    if (host.len > 2 && host.data[0] == '[' && host.data[host.len - 1] == ']') {
+        host.data++;
+        host.len -= 2;
     }
-    ngx_memcpy(address->host.data, buf, len);
-    address->host.data[len] = '\0';
-    address->host.len = len;
+    address->server_name = copy_terminated(cf->pool, host.data, host.len);
     address->port = ngx_inet_get_port(u.addrs[0].sockaddr);
-    return true;
+    return address->host.data != nullptr && address->server_name.data != nullptr;
 }
 
 // Joins words with spaces, in the configuration's pool.
@@ -127,6 +133,8 @@ ngx_http_recording_redis_server_t *ngx_http_recording_add_redis_server(ngx_conf_
         ngx_str_t &arg = args[i];
         if (arg.len == 7 && ngx_strncmp(arg.data, "cluster", 7) == 0) {
             server->cluster = 1;
+        } else if (arg.len == 3 && ngx_strncmp(arg.data, "ssl", 3) == 0) {
+            server->ssl = 1;
         } else if (ngx_http_recording_starts_with(arg, "password=")) {
             server->login.password = ngx_http_recording_after(arg, "password=");
             if (server->login.password.len == 0) {
@@ -171,16 +179,24 @@ ngx_http_recording_redis_server_t *ngx_http_recording_add_redis_server(ngx_conf_
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"user=\" in \"recording_redis\" needs \"password=\"");
         return nullptr;
     }
-    if (server->cluster) {
+    auto *addresses = static_cast<RedisAddress *>(server->addresses.elts);
+    for (ngx_uint_t i = 0; i < server->addresses.nelts; i++) {
+        if (addresses[i].sockaddr.sockaddr.sa_family != AF_UNIX) {
+            continue;
+        }
         // Nodes are reached at the addresses the cluster announces: IP and port.
-        auto *addresses = static_cast<RedisAddress *>(server->addresses.elts);
-        for (ngx_uint_t i = 0; i < server->addresses.nelts; i++) {
-            if (addresses[i].unix_path.len != 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "\"%V\" in \"recording_redis\": a cluster's seeds are host:port, not unix sockets",
-                                   &addresses[i].name);
-                return nullptr;
-            }
+        if (server->cluster) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"%V\" in \"recording_redis\": a cluster's seeds are host:port, not unix sockets",
+                               &addresses[i].name);
+            return nullptr;
+        }
+        // Redis speaks TLS on its TCP port only.
+        if (server->ssl) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"ssl\" in \"recording_redis\" needs a host:port, not the unix socket \"%V\"",
+                               &addresses[i].name);
+            return nullptr;
         }
     }
     if (server->cluster && server->login.db >= 0) {
@@ -199,4 +215,27 @@ ngx_http_recording_redis_server_t *ngx_http_recording_add_redis_server(ngx_conf_
     }
     *slot = server;
     return server;
+}
+
+bool ngx_http_recording_numeric_redis_address(RedisAddress *address, const ngx_str_t &name, const ngx_str_t &host,
+                                              in_port_t port) noexcept
+{
+    ngx_memzero(address, sizeof(RedisAddress));
+    address->name = name;
+    address->host = host;
+    address->server_name = host;
+    address->port = port;
+    auto *text = reinterpret_cast<const char *>(host.data);
+    ngx_sockaddr_t &sa = address->sockaddr;
+    if (inet_pton(AF_INET, text, &sa.sockaddr_in.sin_addr) == 1) {
+        sa.sockaddr_in.sin_family = AF_INET;
+        address->socklen = sizeof(struct sockaddr_in);
+    } else if (inet_pton(AF_INET6, text, &sa.sockaddr_in6.sin6_addr) == 1) {
+        sa.sockaddr_in6.sin6_family = AF_INET6;
+        address->socklen = sizeof(struct sockaddr_in6);
+    } else {
+        return false;
+    }
+    ngx_inet_set_port(&sa.sockaddr, port);
+    return true;
 }
