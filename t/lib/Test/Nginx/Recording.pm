@@ -71,6 +71,10 @@ package Test::Nginx::Recording;
 # TEST_NGINX_BINARY (default /usr/sbin/nginx), TEST_NGINX_REDIS_SERVER (default
 # redis-server from PATH), TEST_NGINX_NO_CLEAN=1 keeps the temp directory.
 #
+# ASan mode: TEST_NGINX_ASAN_PRELOAD=/path/to/libasan.so runs nginx (not
+# redis-server or the tests' own tools) with that runtime preloaded, for a
+# module built with -fsanitize=address (scripts/test-asan reads the reports).
+#
 # Valgrind mode: TEST_NGINX_USE_VALGRIND=1 runs nginx (and `nginx -t` for
 # must_die blocks) under valgrind's memcheck, master and workers alike (one
 # log per process: <servroot>/logs/valgrind.<pid>.log); any value other than
@@ -607,6 +611,9 @@ sub _nginx_cmd { return ($NGINX, '-p', "$SERVROOT/", '-c', 'conf/nginx.conf', '-
 # The command that runs nginx with @args: under valgrind in valgrind mode.
 sub _run_cmd {
     my @cmd = @_;
+    # AddressSanitizer mode (scripts/test-asan): the module built with ASan
+    # needs its runtime loaded first, in nginx only.
+    @cmd = ('env', "LD_PRELOAD=$ENV{TEST_NGINX_ASAN_PRELOAD}", @cmd) if $ENV{TEST_NGINX_ASAN_PRELOAD};
     return @cmd unless $USE_VALGRIND;
     $VG_RUN{started} //= _outside_caller();
     return ('valgrind', @VALGRIND_OPTS, "--log-file=$SERVROOT/logs/valgrind.%p.log", @cmd);
