@@ -96,6 +96,9 @@ ngx_int_t ngx_http_recording_redis_tls_init(ngx_conf_t *cf, ngx_http_recording_m
     }
     cln->handler = ngx_ssl_cleanup_ctx;
     cln->data = tls->ssl;
+    // A write that could not finish is retried from the client's queue,
+    // which may have grown, and so moved, meanwhile: OpenSSL must accept it.
+    SSL_CTX_set_mode(tls->ssl->ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 
     if (tls->certificate.len != 0
         && ngx_ssl_certificate(cf, tls->ssl, &tls->certificate, &tls->certificate_key, nullptr) != NGX_OK)
