@@ -20,6 +20,15 @@ package Test::Nginx::RedisCluster;
 # INT/TERM/HUP), whatever happened; TEST_NGINX_NO_CLEAN=1 keeps the
 # directory (logs in <dir>/<port>/redis.log).
 #
+# TLS: start(..., tls => { cert => FILE, key => FILE, ca => FILE }) runs
+# every node TLS only (--port 0 --tls-port <port> --tls-cluster yes
+# --tls-replication yes --tls-auth-clients no), the certificate also
+# presented to the other nodes (its extendedKeyUsage must allow clientAuth
+# too, or be absent); `redis-cli --tls --cacert` creates the cluster and
+# every method below talks TLS (IO::Socket::SSL, verifying the nodes'
+# certificate for 127.0.0.1 against ca). ports() and seeds() are then
+# the TLS ports. Without tls, nothing changes.
+#
 # Methods:
 #   seeds()                  "127.0.0.1:<port>" of every node
 #   ports() masters()        every node's port; the masters that own slots
@@ -103,7 +112,13 @@ sub start {
         dir   => File::Temp::tempdir('redis-cluster-XXXXXX', TMPDIR => 1, CLEANUP => 0),
         nodes => [],
         gone  => {},
+        tls   => $o{tls},
     }, $class;
+    my $tls = $self->{tls};
+    require IO::Socket::SSL if $tls;
+    my @tls_args = $tls ? ('--tls-cluster', 'yes', '--tls-replication', 'yes', '--tls-cert-file', $tls->{cert},
+                           '--tls-key-file', $tls->{key}, '--tls-ca-cert-file', $tls->{ca},
+                           '--tls-auth-clients', 'no') : ();
     push @CLUSTERS, $self;
 
     my @ports = _free_ports(2 * $n);
@@ -117,7 +132,9 @@ sub start {
             open STDIN, '<', '/dev/null';
             open STDOUT, '>>', "$dir/stdout";
             open STDERR, '>&', \*STDOUT;
-            { no warnings 'exec'; exec $REDIS_SERVER, '--port', $port, '--cluster-port', $bus, '--bind', '127.0.0.1',
+            { no warnings 'exec'; exec $REDIS_SERVER, ($tls ? ('--port', 0, '--tls-port', $port, @tls_args)
+                                                            : ('--port', $port)),
+                 '--cluster-port', $bus, '--bind', '127.0.0.1',
                  '--cluster-enabled', 'yes', '--cluster-config-file', "$dir/nodes.conf",
                  '--cluster-node-timeout', $timeout, '--save', '', '--appendonly', 'no',
                  '--repl-diskless-sync-delay', 0,  # replicas in sync at once, not after 5 s
@@ -135,7 +152,7 @@ sub start {
         }
     }
     my $out = "$self->{dir}/create.out";
-    my $status = system("$REDIS_CLI --cluster create "
+    my $status = system("$REDIS_CLI " . ($tls ? "--tls --cacert '$tls->{ca}' " : '') . "--cluster create "
                         . join(' ', $self->seeds)
                         . " --cluster-replicas $replicas --cluster-yes >$out 2>&1");
     die "redis-cli --cluster create failed:\n" . _slurp($out) if $status != 0;
@@ -202,9 +219,12 @@ sub _read_more {
     my ($sock, $buf, $deadline) = @_;
     my $sel = IO::Select->new($sock);
     while (1) {
-        my $left = $deadline - time;
-        die "redis: timeout\n" if $left <= 0;
-        next unless $sel->can_read($left);
+        # A TLS socket may hold decrypted bytes already: no select for them.
+        unless ($sock->can('pending') && $sock->pending) {
+            my $left = $deadline - time;
+            die "redis: timeout\n" if $left <= 0;
+            next unless $sel->can_read($left);
+        }
         my $n = sysread($sock, $$buf, 65536, length $$buf);
         die "redis closed the connection\n" if defined $n && $n == 0;
         return if $n;
@@ -237,9 +257,17 @@ sub _parse {
 sub pipeline {
     my ($self, $port, @cmds) = @_;
     local $SIG{PIPE} = 'IGNORE';
-    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp',
-                                     Timeout => 2)
-        or die "cannot connect to redis at 127.0.0.1:$port: $@\n";
+    my $tls = $self->{tls};
+    my $sock = $tls
+        ? IO::Socket::SSL->new(PeerHost => '127.0.0.1', PeerPort => $port, Proto => 'tcp', Timeout => 2,
+                               SSL_verify_mode => IO::Socket::SSL::SSL_VERIFY_PEER(), SSL_ca_file => $tls->{ca},
+                               SSL_verifycn_scheme => 'default', SSL_verifycn_name => '127.0.0.1')
+        : IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp',
+                                Timeout => 2);
+    unless ($sock) {
+        no warnings 'once';   # IO::Socket::SSL is loaded at run time
+        die "cannot connect to redis at 127.0.0.1:$port: " . ($tls ? $IO::Socket::SSL::SSL_ERROR || $@ : $@) . "\n";
+    }
     my $deadline = time + 10;
     my $req = join '', map { _encode(@$_) } @cmds;
     while (length $req) {
