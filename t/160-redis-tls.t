@@ -36,6 +36,7 @@ use Test::Nginx::Recording::Load;
 use Compress::Zlib ();
 use File::Path qw(make_path remove_tree);
 use IO::Select ();
+use POSIX ();
 use IO::Socket::INET ();
 use JSON::PP ();
 use Socket ();
@@ -320,6 +321,26 @@ section('1. batches over TLS', sub {
     is(llen($A), 100, "$t: ... and nothing else");
     is(scalar(grep { /\[error\]/ } lines_about($addr)), 0, "$t: no [error] about the server")
         or diag(join "\n", lines_about($addr));
+
+    # Redis stops reading (SIGSTOP) while 16 batches of 600 KB arrive: the
+    # socket fills, a TLS write is left unfinished, and the commands queued
+    # behind it grow (and move) the client's buffer before the write is
+    # retried. OpenSSL must take the retry from the moved buffer.
+    $A->cmd('DEL', $QUEUE);
+    kill STOP => $A->{pid};
+    my @stalled = map { raw_post('', 1, (my $b = $big) =~ s/"big"/"stall-$_"/r) } 1 .. 16;
+    my $resumer = fork // die "fork: $!";
+    if ($resumer == 0) { sleep 1.5; kill CONT => $A->{pid}; POSIX::_exit(0) }
+    my @stall_raw = concurrent_requests(30, @stalled);
+    waitpid($resumer, 0);
+    kill CONT => $A->{pid};
+    my %stall_codes;
+    $stall_codes{ status_of($_) }++ for @stall_raw;
+    is_deeply(\%stall_codes, { 202 => 16 }, "$t: 16 large batches while Redis reads nothing: every one 202");
+    my %stall_seen = map { /"session_id":"(stall-\d+)"/ ? ($1 => 1) : () } elements($A);
+    is(scalar keys %stall_seen, 16, "$t: ... all 16 landed");
+    is(scalar(grep { /\[error\]/ } lines_about($addr)), 0, "$t: ... with no [error] about the server")
+        or diag(join "\n", lines_about($addr));
     no_crash($t);
     ok(stop_nginx(), "$t: nginx stops gracefully");
 });
@@ -389,7 +410,13 @@ section('3. client certificate', sub {
         one_error_line("$t: $what", $addr, '(?:TLS handshake failed|connection lost)',
                        'TLS handshake failed or connection lost');
         is(scalar(grep { /"session_id":"refused"/ } elements($C)), 0, "$t: $what: nothing landed");
-        no_crash("$t: $what");
+        # nginx's OpenSSL layer logs a peer's alert it does not list (TLS
+        # 1.3's certificate_required, 116) at [crit], as it does for its own
+        # proxy: that line is nginx's about the peer, and the only one
+        # allowed here.
+        my @bad = grep { !/\[crit\] .*SSL_read\(\) failed .*alert certificate required/ } crash_lines();
+        ok(!@bad, "$t: $what: no alert/crit/emerg/crash but nginx's own line about the peer's alert")
+            or diag(join "\n", @bad);
         ok(stop_nginx(), "$t: $what: nginx stops gracefully");
     }
 });
