@@ -98,7 +98,7 @@ bool RedisClient::send(std::string_view command, RedisCall *call, const RedisTim
     }
     bool held = login_replies_ != 0;
     try {
-        pending_.push_back({call, held ? kHeld : queued_, command.size()});
+        pending_.push_back({call, held ? kHeld : queued_, command.size(), timeouts.reply});
         (held ? held_ : out_).append(command);
     } catch (const std::bad_alloc &) {
         pending_.pop_back();
@@ -109,7 +109,9 @@ bool RedisClient::send(std::string_view command, RedisCall *call, const RedisTim
         schedule_write();
     }
     call->deadline = ngx_current_msec + timeouts.reply;
-    arm_reply_timer(timeouts.reply);
+    if (state_ == State::ready) {
+        arm_reply_timer(timeouts.reply);
+    }
     return true;
 }
 
@@ -298,9 +300,26 @@ void RedisClient::established() noexcept
         (void) ngx_atomic_fetch_add(connections_, 1);
         counted_ = true;
     }
+    restart_reply_deadlines();
     // Recovery is declared on the first reply: a server that accepts
     // connections but never answers has not recovered.
     write_out();
+}
+
+// What waited for the connection (and the handshake, bounded by the
+// connect timeout) has its whole read timeout from now on, when it can go
+// out: the two timeouts do not eat into each other.
+void RedisClient::restart_reply_deadlines() noexcept
+{
+    if (pending_.empty()) {
+        return;
+    }
+    ngx_msec_t shortest = pending_.front().timeout;
+    for (const Pending &p : pending_) {
+        p.call->deadline = ngx_current_msec + p.timeout;
+        shortest = ngx_min(shortest, p.timeout);
+    }
+    ngx_add_timer(&reply_timer_, shortest);
 }
 
 // ---------------------------------------------------------------------------
@@ -483,7 +502,9 @@ void RedisClient::on_connect_timeout(ngx_event_t *ev) noexcept
 void RedisClient::on_reply_timeout(ngx_event_t *ev) noexcept
 {
     auto *self = static_cast<RedisClient *>(ev->data);
-    if (self->pending_.empty() || self->state_ == State::idle) {
+    // Until the connection is up, the connect timer bounds the wait; the
+    // read timeout starts again once it is (restart_reply_deadlines).
+    if (self->pending_.empty() || self->state_ != State::ready) {
         return;
     }
     ngx_msec_t earliest = self->pending_.front().call->deadline;

@@ -94,6 +94,7 @@ private:
         RedisCall *call;
         uint64_t begin;
         size_t length;
+        ngx_msec_t timeout;  // for its reply, counted from when it can go out
     };
     static constexpr uint64_t kHeld = UINT64_MAX;
 
@@ -103,6 +104,7 @@ private:
     void connect_done() noexcept;
     void handshake_done() noexcept;
     void established() noexcept;
+    void restart_reply_deadlines() noexcept;
     void release_held() noexcept;
     void schedule_write() noexcept;
     void write_out() noexcept;

@@ -561,6 +561,22 @@ section('6. handshake timeout', sub {
     no_crash($t);
     ok(stop_nginx(), "$t: nginx stops gracefully");
     stop_child($pid);
+
+    # A handshake that takes 1.5 s, within the connect timeout (5 s): the
+    # command that waited for it has its whole read timeout (1 s) from when
+    # it could go out, not from when it was sent.
+    my $slow_dir = servroot() . '/slow-tls';
+    my ($slow_port, $slow_pid) = start_fake_tls_redis(certs => $CERTS, dir => $slow_dir, handshake_delay => 1.5);
+    start_nginx(no_default_redis => 1, http_config => $TRUST,
+                config => loc('', "recording_redis 127.0.0.1:$slow_port ssl; recording_redis_connect_timeout 5s;"
+                                . " recording_redis_read_timeout 1s;"));
+    is(answer(post(session => 'slow-handshake', timeout => 15)), $QUEUED,
+       "$t: a 1.5 s handshake, a 1 s read timeout: 202")
+        or diag(join "\n", grep { !/\[debug\]/ } split /\n/, error_log_text());
+    is(count_matches(error_log_text(), qr/no reply in time|timed out/), 0, "$t: ... and no timeout logged");
+    no_crash("$t: slow handshake");
+    ok(stop_nginx(), "$t: slow handshake: nginx stops gracefully");
+    stop_child($slow_pid);
 });
 
 # ---------------------------------------------------------------------------

@@ -54,8 +54,9 @@ package Test::Nginx::RedisTls;
 # (stopped at the end with the harness's other children), each returning
 # (port, pid) and writing what it saw, one line per event, to <dir>/log
 # (fake_log($dir) reads it):
-#   start_fake_tls_redis(certs => $c, dir => $dir, [mode => 'ok'])
-#     a TLS server with the test server certificate; logs "accept sni=NAME"
+#   start_fake_tls_redis(certs => $c, dir => $dir, [mode => 'ok'], [handshake_delay => S])
+#     a TLS server with the test server certificate (beginning each
+#     handshake S seconds after the connection is accepted); logs "accept sni=NAME"
 #     ('-' when the client sent no SNI) per handshake, "handshake failed" on
 #     a failed one, and "MODE COMMAND" per command. The mode is read from
 #     <dir>/mode at each command (set_fake_mode($dir, $mode)):
@@ -548,6 +549,8 @@ sub start_fake_tls_redis {
             for my $fh ($sel->can_read(0.05)) {
                 if ($fh == $listener) {
                     my $c = $listener->accept or next;
+                    # A slow server: its handshake begins this late.
+                    sleep $o{handshake_delay} if $o{handshake_delay};
                     if (!IO::Socket::SSL->start_SSL($c, SSL_server => 1, Timeout => 3,
                                                     SSL_cert_file => $certs->{server_cert},
                                                     SSL_key_file => $certs->{server_key})) {
