@@ -96,7 +96,8 @@ bool ClusterMap::add_seeds() noexcept
         ClusterNode *n;
         try {
             NodeAddress address{std::string(ngx_http_recording_view(seed.host)), static_cast<uint16_t>(seed.port)};
-            n = node(address);
+            // The seed's host as written: what its certificate names.
+            n = node(address, seed.server_name);
         } catch (const std::bad_alloc &) {
             n = nullptr;
         }
@@ -128,7 +129,7 @@ bool ClusterMap::in_map(const ClusterNode &n) const noexcept
     return false;
 }
 
-ClusterNode *ClusterMap::node(const NodeAddress &address) noexcept
+ClusterNode *ClusterMap::node(const NodeAddress &address, ngx_str_t server_name) noexcept
 {
     ClusterNode *found = find_node(address);
     if (found != nullptr) {
@@ -144,6 +145,9 @@ ClusterNode *ClusterMap::node(const NodeAddress &address) noexcept
                                                       ngx_http_recording_str(n->host), address.port))
         {
             return nullptr;  // the map holds IP addresses only
+        }
+        if (server_name.len != 0) {
+            n->redis_address.server_name = server_name;
         }
         n->client.reset(new (std::nothrow) RedisClient(n->redis_address, login_, server_->tls, log_, connections_));
         if (n->client == nullptr) {

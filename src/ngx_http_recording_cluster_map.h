@@ -51,8 +51,9 @@ public:
     bool add_seeds() noexcept;
 
     // The node at `address`, created (not connected) when new; null when out
-    // of memory.
-    ClusterNode *node(const recording::NodeAddress &address) noexcept;
+    // of memory. `server_name` (NUL-terminated, outliving the map): what TLS
+    // checks, when the node was named so (a seed); empty: its address.
+    ClusterNode *node(const recording::NodeAddress &address, ngx_str_t server_name = {}) noexcept;
 
     // The node owning `slot`; null before the first map, when the map names
     // none, or when out of memory.

@@ -28,6 +28,10 @@ struct RedisAddress {
     socklen_t       socklen;
 };
 
+#if !(NGX_OPENSSL)
+#error "the module needs nginx built with OpenSSL (./configure --with-http_ssl_module), as Debian's nginx is"
+#endif
+
 // TLS to Redis: the recording_redis_ssl_* directives, one set for every
 // server whose recording_redis says "ssl".
 struct ngx_http_recording_redis_tls_t {

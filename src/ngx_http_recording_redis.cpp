@@ -31,6 +31,9 @@ namespace {
 constexpr size_t kReadSize = 16384;
 u_char read_buffer[kReadSize];  // a worker has one thread: shared by every client
 
+// Written bytes kept at the front of the queue before it is compacted.
+constexpr size_t kCompactAt = 1024 * 1024;
+
 // A pool for what nginx's OpenSSL layer allocates per connection.
 constexpr size_t kTlsPoolSize = 1024;
 
@@ -101,7 +104,9 @@ bool RedisClient::send(std::string_view command, RedisCall *call, const RedisTim
         pending_.push_back({call, held ? kHeld : queued_, command.size(), timeouts.reply});
         (held ? held_ : out_).append(command);
     } catch (const std::bad_alloc &) {
-        pending_.pop_back();
+        if (!pending_.empty() && pending_.back().call == call) {
+            pending_.pop_back();  // the append failed, not the push
+        }
         return false;
     }
     if (!held) {
@@ -303,7 +308,13 @@ void RedisClient::established() noexcept
     restart_reply_deadlines();
     // Recovery is declared on the first reply: a server that accepts
     // connections but never answers has not recovered.
+    uint64_t generation = generation_;
     write_out();
+    // What the server said first (an error before it closes: maxclients)
+    // came with the connect's readiness, whose edge is spent.
+    if (generation == generation_ && connection_->read->ready) {
+        read_in();
+    }
 }
 
 // What waited for the connection (and the handshake, bounded by the
@@ -345,6 +356,12 @@ void RedisClient::write_out() noexcept
             continue;
         }
         if (n == NGX_AGAIN) {
+            // While Redis reads slowly, what it took is let go of, not kept
+            // until the queue drains.
+            if (written_in_out_ >= kCompactAt && written_in_out_ * 2 >= out_.size()) {
+                out_.erase(0, written_in_out_);
+                written_in_out_ = 0;
+            }
             if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
                 fail("connection lost", 0, false);
             }
@@ -355,6 +372,10 @@ void RedisClient::write_out() noexcept
     }
     out_.clear();  // keeps its capacity for the next commands
     written_in_out_ = 0;
+    // select and poll report a registered write event at every turn.
+    if (!(ngx_event_flags & NGX_USE_CLEAR_EVENT) && ngx_handle_write_event(c->write, 0) != NGX_OK) {
+        fail("connection lost", 0, false);
+    }
 }
 
 void RedisClient::read_in() noexcept
@@ -456,6 +477,12 @@ void RedisClient::on_event(ngx_event_t *ev) noexcept
 {
     auto *c = static_cast<ngx_connection_t *>(ev->data);
     auto *self = static_cast<RedisClient *>(c->data);
+    // worker_shutdown_timeout: nginx closes what is left of an exiting
+    // worker's connections through their handlers.
+    if (c->close) {
+        self->close();
+        return;
+    }
     switch (self->state_) {
     case State::connecting:
         self->connect_done();

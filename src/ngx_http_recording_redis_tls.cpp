@@ -98,7 +98,10 @@ ngx_int_t ngx_http_recording_redis_tls_init(ngx_conf_t *cf, ngx_http_recording_m
     cln->data = tls->ssl;
     // A write that could not finish is retried from the client's queue,
     // which may have grown, and so moved, meanwhile: OpenSSL must accept it.
-    SSL_CTX_set_mode(tls->ssl->ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    // Partial writes: SSL_write reports each record that went out, so the
+    // client knows which commands left (a cluster resends only those that
+    // did not), as it does on plain TCP.
+    SSL_CTX_set_mode(tls->ssl->ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
 
     if (tls->certificate.len != 0
         && ngx_ssl_certificate(cf, tls->ssl, &tls->certificate, &tls->certificate_key, nullptr) != NGX_OK)

@@ -246,6 +246,30 @@ R
 }
 
 # ---------------------------------------------------------------------------
+# 4a. worker_shutdown_timeout: an exiting worker whose Redis never answers
+#     closes the connection when the timeout comes (nginx closes what is
+#     left through each connection's handler), not after the read timeout.
+# ---------------------------------------------------------------------------
+{
+    my $t = 'worker_shutdown_timeout';
+    my ($port, $pid) = start_silent_server();
+    start_nginx(no_default_redis => 1, main_config => 'worker_shutdown_timeout 1s;',
+                config => ingest_location(<<"R"));
+            recording_redis 127.0.0.1:$port;
+            recording_redis_read_timeout 1h;
+R
+    my $client = fork // die "fork: $!";
+    if ($client == 0) {
+        post_batch(4, batch_json('shutdown1'), timeout => 20);
+        POSIX::_exit(0);
+    }
+    sleep 0.5;   # the batch is in flight: its HMGET waits for the silent server
+    ok(stop_nginx(), "$t: nginx -s quit ends within the harness's grace, not after the read timeout");
+    waitpid($client, 0);
+    stop_child($pid);
+}
+
+# ---------------------------------------------------------------------------
 # 4b. Redis drops the connection with the command unanswered, or answers
 #     with bytes that are not RESP: 503 at once (not after the read
 #     timeout), the loss is logged, and the worker goes on.
