@@ -57,9 +57,9 @@ private:
 
 }  // namespace
 
-ngx_http_recording_budget_answer_e ngx_http_recording_budget_check(ngx_http_request_t *r,
-    ngx_http_recording_loc_conf_t *conf, std::string_view site_id, std::string_view session_id,
-    const recording::DailyBudget &budget, int64_t now_ms, ngx_http_recording_waiter_of_pt waiter_of)
+ngx_http_recording_budget_answer_e ngx_http_recording_budget_check(ngx_http_recording_loc_conf_t *conf,
+    std::string_view site_id, std::string_view session_id, const recording::DailyBudget &budget, int64_t now_ms,
+    ngx_http_recording_waiter_of_pt waiter_of, void *data)
 {
     using Answer = ngx_http_recording_budget_answer_e;
     int64_t day = recording::utc_day(now_ms);
@@ -72,7 +72,7 @@ ngx_http_recording_budget_answer_e ngx_http_recording_budget_check(ngx_http_requ
     recording::BudgetKeys keys = recording::budget_keys(site_id, day);
     std::string command =
         recording::format_budget_check(keys, session_id, recording::sessions_allowed_now(budget, now_ms));
-    Waiter *waiter = waiter_of(r);
+    Waiter *waiter = waiter_of(data);
     auto call = std::make_unique<BudgetCall>(waiter, std::string(scope), std::string(site_id),
                                              std::string(session_id), day);
     RedisTimeouts timeouts{conf->redis_connect_timeout, conf->redis_read_timeout};

@@ -21,9 +21,9 @@ enum class ngx_http_recording_budget_answer_e {
 // answer, the session is admitted (and counted in budget_unavailable), not
 // remembered: its next batch asks again. Throws std::bad_alloc, having
 // taken nothing.
-ngx_http_recording_budget_answer_e ngx_http_recording_budget_check(ngx_http_request_t *r,
-    ngx_http_recording_loc_conf_t *conf, std::string_view site_id, std::string_view session_id,
-    const recording::DailyBudget &budget, int64_t now_ms, ngx_http_recording_waiter_of_pt waiter_of);
+ngx_http_recording_budget_answer_e ngx_http_recording_budget_check(ngx_http_recording_loc_conf_t *conf,
+    std::string_view site_id, std::string_view session_id, const recording::DailyBudget &budget, int64_t now_ms,
+    ngx_http_recording_waiter_of_pt waiter_of, void *data);
 
 // A site whose `daily_sessions` does not parse has no budget: warned about
 // once per site and worker.

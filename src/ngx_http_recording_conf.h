@@ -124,6 +124,7 @@ struct ngx_http_recording_waiter_t {
     ngx_http_recording_budget_decided_pt  budget_decided;
 };
 
-// The request's waiter, made only when a step has to wait: most requests
-// are answered from caches and need none.
-using ngx_http_recording_waiter_of_pt = ngx_http_recording_waiter_t *(*)(ngx_http_request_t *r);
+// The caller's waiter, made only when a step has to wait: most batches are
+// answered from caches and need none. A step calls it with the `data` its
+// caller gave: the steps know batches, not where they came from.
+using ngx_http_recording_waiter_of_pt = ngx_http_recording_waiter_t *(*)(void *data);

@@ -124,9 +124,9 @@ Waiter *waiter_for(RequestState &state)
     return state.waiter;
 }
 
-Waiter *waiter_of_request(ngx_http_request_t *r)
+Waiter *waiter_of_state(void *state)
 {
-    return waiter_for(*get_state(r));
+    return waiter_for(*static_cast<RequestState *>(state));
 }
 
 // Resumes a request when its Redis call completes; false when the request
@@ -248,8 +248,7 @@ void body_read(ngx_http_request_t *r) noexcept
 void look_up_site(RequestState &state)
 {
     recording::SiteSettings settings;
-    switch (ngx_http_recording_site_look_up(state.request, state.conf, state.site_id, waiter_of_request,
-                                            &settings))
+    switch (ngx_http_recording_site_look_up(state.conf, state.site_id, waiter_of_state, &state, &settings))
     {
     case ngx_http_recording_site_answer_e::ready:
         continue_with_site(state, settings, false);
@@ -304,8 +303,8 @@ void continue_with_site(RequestState &state, const recording::SiteSettings &site
         ngx_http_recording_budget_warn_unreadable(state.request->connection->log, state.site_id);
     }
     if (site.budget) {
-        switch (ngx_http_recording_budget_check(state.request, state.conf, state.site_id, state.batch.session_id,
-                                                *site.budget, now_ms(), waiter_of_request))
+        switch (ngx_http_recording_budget_check(state.conf, state.site_id, state.batch.session_id, *site.budget,
+                                                now_ms(), waiter_of_state, &state))
         {
         case ngx_http_recording_budget_answer_e::refused:
             finish(state, Outcome::quota_exceeded, from_redis);

@@ -81,13 +81,13 @@ private:
 
 }  // namespace
 
-ngx_http_recording_site_answer_e ngx_http_recording_site_look_up(ngx_http_request_t *r,
-    ngx_http_recording_loc_conf_t *conf, std::string_view site_id,
-    ngx_http_recording_waiter_of_pt waiter_of, recording::SiteSettings *settings)
+ngx_http_recording_site_answer_e ngx_http_recording_site_look_up(ngx_http_recording_loc_conf_t *conf,
+    std::string_view site_id, ngx_http_recording_waiter_of_pt waiter_of, void *data,
+    recording::SiteSettings *settings)
 {
     using Answer = ngx_http_recording_site_answer_e;
     auto *rmcf = static_cast<ngx_http_recording_main_conf_t *>(
-        ngx_http_get_module_main_conf(r, ngx_http_recording_module));
+        ngx_http_cycle_get_module_main_conf(ngx_cycle, ngx_http_recording_module));
 
     // Settings are a server's: two locations may read sites from two Redis,
     // or two databases of one (the id has db= and user=, not the password).
@@ -106,7 +106,7 @@ ngx_http_recording_site_answer_e ngx_http_recording_site_look_up(ngx_http_reques
 
     auto it = lookups_in_flight.find(key);
     if (it != lookups_in_flight.end()) {
-        it->second->add(waiter_of(r), std::move(stale));
+        it->second->add(waiter_of(data), std::move(stale));
         ngx_http_recording_count(&ngx_http_recording_stats_t::site_cache_misses);
         return Answer::pending;
     }
@@ -120,7 +120,7 @@ ngx_http_recording_site_answer_e ngx_http_recording_site_look_up(ngx_http_reques
     // Everything that may throw comes before send(): once Redis has the
     // command, its reply must find the waiter.
     std::string command = recording::format_site_lookup(site_id);
-    Waiter *waiter = waiter_of(r);
+    Waiter *waiter = waiter_of(data);
     auto call = std::make_unique<SiteLookupCall>(key, rmcf->site_cache);
     call->add(waiter, stale);
     auto [slot, inserted] = lookups_in_flight.emplace(std::move(key), call.get());

@@ -20,6 +20,6 @@ enum class ngx_http_recording_site_answer_e {
 // whatever the cache says, so that a session's batches reach Redis in the
 // order they were accepted. When Redis cannot answer, the last answer the
 // cache held is used. Throws std::bad_alloc, having taken nothing.
-ngx_http_recording_site_answer_e ngx_http_recording_site_look_up(ngx_http_request_t *r,
-    ngx_http_recording_loc_conf_t *conf, std::string_view site_id,
-    ngx_http_recording_waiter_of_pt waiter_of, recording::SiteSettings *settings);
+ngx_http_recording_site_answer_e ngx_http_recording_site_look_up(ngx_http_recording_loc_conf_t *conf,
+    std::string_view site_id, ngx_http_recording_waiter_of_pt waiter_of, void *data,
+    recording::SiteSettings *settings);
