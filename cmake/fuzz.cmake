@@ -4,7 +4,7 @@
 #
 #   CC=clang CXX=clang++ cmake -S . -B build-fuzz -DRECORDING_BUILD_FUZZERS=ON \
 #       -DRECORDING_BUILD_TESTS=OFF
-#   cmake --build build-fuzz --target fuzz_decode fuzz_validate fuzz_enrich
+#   cmake --build build-fuzz --target fuzz_decode fuzz_validate fuzz_enrich fuzz_websocket
 #
 # The core is compiled once more, into recording_core_fuzz, with coverage
 # instrumentation and AddressSanitizer + UndefinedBehaviorSanitizer; the
@@ -33,7 +33,7 @@ target_include_directories(recording_core_fuzz SYSTEM PRIVATE ${RAPIDJSON_INCLUD
 target_compile_options(recording_core_fuzz PRIVATE ${RECORDING_FUZZ_FLAGS} -fsanitize=fuzzer-no-link)
 target_link_libraries(recording_core_fuzz PUBLIC ZLIB::ZLIB PkgConfig::LIBDEFLATE PkgConfig::SIMDJSON)
 
-foreach(target fuzz_decode fuzz_validate fuzz_enrich)
+foreach(target fuzz_decode fuzz_validate fuzz_enrich fuzz_websocket)
     add_executable(${target} t/fuzz/${target}.cpp)
     target_include_directories(${target} SYSTEM PRIVATE ${RAPIDJSON_INCLUDE_DIR})
     target_compile_options(${target} PRIVATE ${RECORDING_FUZZ_FLAGS} -fsanitize=fuzzer)
