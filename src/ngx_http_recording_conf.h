@@ -100,6 +100,8 @@ struct ngx_http_recording_loc_conf_t {
     ngx_uint_t                          batch_elements;
     size_t                              batch_size;
     ngx_msec_t                          batch_delay;
+    ngx_flag_t                          websocket;
+    ngx_msec_t                          websocket_idle_timeout;
 };
 
 // The link between a request and the Redis work done for it. It outlives

@@ -29,6 +29,7 @@
 #include "ngx_http_recording_redis.h"
 #include "ngx_http_recording_site.h"
 #include "ngx_http_recording_stats.h"
+#include "ngx_http_recording_websocket.h"
 #include "outcome.h"
 #include "redis_protocol.h"
 #include "sampling.h"
@@ -159,7 +160,8 @@ ngx_int_t ngx_http_recording_handler(ngx_http_request_t *r) noexcept
             ngx_int_t rc = ngx_http_discard_request_body(r);
             return rc != NGX_OK ? rc : send_preflight(r);
         }
-        if (r->method != NGX_HTTP_POST) {
+        bool websocket = conf->websocket && ngx_http_recording_websocket_requested(r);
+        if (r->method != NGX_HTTP_POST && !websocket) {
             return answer_without_body(*state, Outcome::method_not_allowed);
         }
 
@@ -169,6 +171,10 @@ ngx_int_t ngx_http_recording_handler(ngx_http_request_t *r) noexcept
         }
         if (!site_id || !recording::is_valid_site_id(*site_id)) {
             return answer_without_body(*state, Outcome::unknown_site);
+        }
+        if (websocket) {
+            ngx_int_t rc = ngx_http_discard_request_body(r);
+            return rc != NGX_OK ? rc : ngx_http_recording_websocket_start(r, conf, *site_id);
         }
 
         ngx_int_t rc = ngx_http_read_client_request_body(r, body_read);

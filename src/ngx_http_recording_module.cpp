@@ -32,6 +32,7 @@ constexpr ngx_msec_t kDefaultBatchDelay = 1;
 constexpr size_t kDefaultPendingLimit = 64 * 1024 * 1024;
 constexpr off_t kDefaultSpoolMaxSize = off_t{1024} * 1024 * 1024;
 constexpr off_t kMinSpoolMaxSize = 1024 * 1024;
+constexpr ngx_msec_t kDefaultWebSocketIdleTimeout = 5 * 60 * 1000;
 
 ngx_str_t default_redis = ngx_string("127.0.0.1:6379");
 
@@ -192,6 +193,16 @@ ngx_command_t commands[] = {
      ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_recording_loc_conf_t, batch_delay), nullptr},
 
+    {ngx_string("recording_websocket"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_recording_loc_conf_t, websocket), nullptr},
+
+    {ngx_string("recording_websocket_idle_timeout"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_recording_loc_conf_t, websocket_idle_timeout), &timeout_bounds},
+
     {ngx_string("recording_pending_limit"),
      NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_size_slot, NGX_HTTP_MAIN_CONF_OFFSET,
@@ -261,6 +272,8 @@ void *create_loc_conf(ngx_conf_t *cf) noexcept
     conf->batch_elements = NGX_CONF_UNSET_UINT;
     conf->batch_size = NGX_CONF_UNSET_SIZE;
     conf->batch_delay = NGX_CONF_UNSET_MSEC;
+    conf->websocket = NGX_CONF_UNSET;
+    conf->websocket_idle_timeout = NGX_CONF_UNSET_MSEC;
     return conf;
 }
 
@@ -400,6 +413,9 @@ char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept
     ngx_conf_merge_uint_value(conf->batch_elements, prev->batch_elements, kDefaultBatchElements);
     ngx_conf_merge_size_value(conf->batch_size, prev->batch_size, kDefaultBatchSize);
     ngx_conf_merge_msec_value(conf->batch_delay, prev->batch_delay, kDefaultBatchDelay);
+    ngx_conf_merge_value(conf->websocket, prev->websocket, 0);
+    ngx_conf_merge_msec_value(conf->websocket_idle_timeout, prev->websocket_idle_timeout,
+                              kDefaultWebSocketIdleTimeout);
 
     if (!conf->ingest) {
         return NGX_CONF_OK;

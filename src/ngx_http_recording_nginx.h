@@ -5,6 +5,7 @@ extern "C" {
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
+#include <ngx_sha1.h>
 }
 
 // Defined in ngx_http_recording_module.cpp; nginx finds it by this C name.
