@@ -41,6 +41,9 @@ struct ngx_http_recording_stats_t {
     ngx_atomic_t  site_cache_entries;
     ngx_atomic_t  budget_commands;      // sessions' first batches asked of Redis
     ngx_atomic_t  budget_unavailable;   // ... that Redis could not answer: admitted
+    ngx_atomic_t  websocket_connections;       // upgraded
+    ngx_atomic_t  websocket_connections_open;  // ... open now
+    ngx_atomic_t  websocket_messages;          // data messages read
 
     // Redis servers by name; slots stay across reloads.
     ngx_uint_t    nservers;

@@ -58,6 +58,9 @@ recording::MetricsSnapshot snapshot(const ngx_http_recording_stats_t &s,
     m.site_cache_entries = load(s.site_cache_entries);
     m.budget_commands = load(s.budget_commands);
     m.budget_unavailable = load(s.budget_unavailable);
+    m.websocket_connections = load(s.websocket_connections);
+    m.websocket_connections_open = load(s.websocket_connections_open);
+    m.websocket_messages = load(s.websocket_messages);
 
     // The servers of this configuration, not every one ever seen.
     auto **servers = static_cast<ngx_http_recording_redis_server_t **>(rmcf.servers.elts);

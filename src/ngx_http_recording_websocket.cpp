@@ -72,6 +72,7 @@ struct Connection {
     bool finalized = false;
     std::string_view key;            // Sec-WebSocket-Key, in the request's pool
     Waiter *site_waiter = nullptr;   // the handshake's site lookup, when it waited for Redis
+    bool upgraded = false;           // counted in websocket_connections_open
 
     Connection(ngx_http_request_t *r, ngx_http_recording_loc_conf_t *c, std::string_view site)
         : request(r), conf(c), site_id(site), reader(c->max_decoded_size)
@@ -80,6 +81,9 @@ struct Connection {
 
     ~Connection()
     {
+        if (upgraded) {
+            ngx_http_recording_count(&ngx_http_recording_stats_t::websocket_connections_open, -1);
+        }
         if (site_waiter != nullptr) {
             if (site_waiter->in_flight) {
                 site_waiter->request = nullptr;  // the lookup's answer frees it
@@ -416,6 +420,7 @@ Outcome decode_and_validate(Message *m, bool binary, std::string_view payload)
 // A data message read whole: its way through the steps begins.
 void take_message(Connection *ws, bool binary, std::string_view payload)
 {
+    ngx_http_recording_count(&ngx_http_recording_stats_t::websocket_messages);
     auto *m = new Message{};
     m->waiter = Waiter{ws->request, false, pushed, site_found, budget_decided};
     m->connection = ws;
@@ -638,7 +643,13 @@ ngx_int_t after_site(Connection *ws, const recording::SiteSettings *settings)
     if (settings->status == recording::SiteStatus::disabled) {
         return refuse(ws->request, Outcome::site_disabled);
     }
-    return upgrade(ws->request, ws->key);
+    ngx_int_t rc = upgrade(ws->request, ws->key);
+    if (rc == NGX_DONE) {
+        ws->upgraded = true;
+        ngx_http_recording_count(&ngx_http_recording_stats_t::websocket_connections);
+        ngx_http_recording_count(&ngx_http_recording_stats_t::websocket_connections_open);
+    }
+    return rc;
 }
 
 void handshake_site_found(Waiter *waiter, const recording::SiteSettings *settings) noexcept

@@ -147,6 +147,10 @@ sub prometheus_twins {
             }
         } elsif ($k eq 'budget') {
             $p{"${P}budget_${_}_total"} = $v->{$_} for keys %$v;
+        } elsif ($k eq 'websocket') {
+            for my $c (keys %$v) {
+                $p{"${P}websocket_" . ($c eq 'connections_open' ? $c : "${c}_total")} = $v->{$c};
+            }
         } else {
             push @unknown, $k;
         }

@@ -204,6 +204,12 @@ std::string render_json(const MetricsSnapshot& m)
             budget.number("commands", m.budget_commands);
             budget.number("unavailable", m.budget_unavailable);
         }
+        {
+            JsonObject websocket(root.key("websocket"));
+            websocket.number("connections", m.websocket_connections);
+            websocket.number("connections_open", m.websocket_connections_open);
+            websocket.number("messages", m.websocket_messages);
+        }
     }
     out += '\n';
     return out;
@@ -281,6 +287,12 @@ std::string render_prometheus(const MetricsSnapshot& m)
            "Sessions whose first batch of the day asked Redis for the site's daily budget.", m.budget_commands);
     single(out, "budget_unavailable_total", "counter",
            "Budget decisions Redis could not answer: the session was admitted (fail open).", m.budget_unavailable);
+    single(out, "websocket_connections_total", "counter", "WebSocket connections upgraded.",
+           m.websocket_connections);
+    single(out, "websocket_connections_open", "gauge", "WebSocket connections open now.",
+           m.websocket_connections_open);
+    single(out, "websocket_messages_total", "counter", "WebSocket data messages read, each a batch.",
+           m.websocket_messages);
     return out;
 }
 

@@ -74,6 +74,9 @@ struct MetricsSnapshot {
 
     uint64_t budget_commands = 0;     // sessions' first batches asked of Redis (a budget applies)
     uint64_t budget_unavailable = 0;  // ... that Redis could not answer: admitted (fail open)
+    uint64_t websocket_connections = 0;       // WebSocket connections upgraded
+    uint64_t websocket_connections_open = 0;  // ... open now
+    uint64_t websocket_messages = 0;          // data messages read (each a batch)
 };
 
 std::string render_json(const MetricsSnapshot& m);

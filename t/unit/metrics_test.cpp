@@ -213,7 +213,7 @@ TEST(RenderPrometheus, EveryFamilyIsTypedAndCountersEndInTotal)
             EXPECT_TRUE(type == "gauge" || type == "histogram") << line;
         }
     }
-    EXPECT_EQ(families, 26);
+    EXPECT_EQ(families, 29);
 }
 
 TEST(WantsPrometheus, ByArgumentOrAccept)
