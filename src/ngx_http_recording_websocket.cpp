@@ -73,6 +73,13 @@ struct Connection {
     std::string_view key;            // Sec-WebSocket-Key, in the request's pool
     Waiter *site_waiter = nullptr;   // the handshake's site lookup, when it waited for Redis
     bool upgraded = false;           // counted in websocket_connections_open
+    // The request is finalized from this timer (of 0 ms), never from
+    // within the loops that read, acknowledge and write: they go on using
+    // the connection's state after deciding that it ends. A timer, not a
+    // posted event: an exiting worker waits for timers, not for posted
+    // events, before it exits.
+    ngx_event_t end_event{};
+    ngx_int_t end_rc = NGX_DONE;
 
     Connection(ngx_http_request_t *r, ngx_http_recording_loc_conf_t *c, std::string_view site)
         : request(r), conf(c), site_id(site), reader(c->max_decoded_size)
@@ -83,6 +90,9 @@ struct Connection {
     {
         if (upgraded) {
             ngx_http_recording_count(&ngx_http_recording_stats_t::websocket_connections_open, -1);
+        }
+        if (end_event.timer_set) {
+            ngx_del_timer(&end_event);
         }
         if (site_waiter != nullptr) {
             if (site_waiter->in_flight) {
@@ -162,6 +172,9 @@ void read_frames(Connection *ws);
 
 void write_out(Connection *ws)
 {
+    if (ws->finalized) {
+        return;  // ending: nothing more goes out
+    }
     ngx_connection_t *c = ws->request->connection;
     while (ws->written < ws->out.size()) {
         ssize_t n = c->send(c, reinterpret_cast<u_char *>(ws->out.data()) + ws->written, ws->out.size() - ws->written);
@@ -567,7 +580,9 @@ void on_read(ngx_event_t *ev) noexcept
     auto *r = static_cast<ngx_http_request_t *>(c->data);
     auto *ws = static_cast<Connection *>(ngx_http_get_module_ctx(r, ngx_http_recording_module));
     try {
-        if (c->close) {
+        if (ws->finalized) {
+            // ending: end_connection() comes
+        } else if (c->close) {
             // The worker is exiting (reload, quit): what was read is
             // acknowledged, then 1001 says why the connection ends.
             c->close = 0;
@@ -597,7 +612,9 @@ void on_write(ngx_event_t *ev) noexcept
     auto *c = static_cast<ngx_connection_t *>(ev->data);
     auto *r = static_cast<ngx_http_request_t *>(c->data);
     auto *ws = static_cast<Connection *>(ngx_http_get_module_ctx(r, ngx_http_recording_module));
-    if (ev->timedout) {
+    if (ws->finalized) {
+        // ending: end_connection() comes
+    } else if (ev->timedout) {
         c->timedout = 1;
         finalize(ws, NGX_HTTP_REQUEST_TIME_OUT);
     } else {
@@ -606,6 +623,16 @@ void on_write(ngx_event_t *ev) noexcept
     ngx_http_run_posted_requests(c);
 }
 
+void end_connection(ngx_event_t *ev) noexcept
+{
+    auto *c = static_cast<ngx_connection_t *>(ev->data);
+    auto *r = static_cast<ngx_http_request_t *>(c->data);
+    auto *ws = static_cast<Connection *>(ngx_http_get_module_ctx(r, ngx_http_recording_module));
+    ngx_http_finalize_request(r, ws->end_rc);  // frees ws
+    ngx_http_run_posted_requests(c);
+}
+
+// The connection ends once the current event is handled (end_event).
 void finalize(Connection *ws, ngx_int_t rc)
 {
     if (ws->finalized) {
@@ -621,7 +648,11 @@ void finalize(Connection *ws, ngx_int_t rc)
         ngx_del_timer(c->write);
     }
     c->idle = 0;
-    ngx_http_finalize_request(r, rc);
+    ws->end_rc = rc;
+    ws->end_event.handler = end_connection;
+    ws->end_event.data = c;  // nginx's timer logging reads a connection there
+    ws->end_event.log = c->log;
+    ngx_add_timer(&ws->end_event, 0);
 }
 
 void destroy_connection(void *data) noexcept
