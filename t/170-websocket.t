@@ -830,4 +830,82 @@ section('14. nginx -t', sub {
     like($out, qr/\[emerg\].*recording_websocket_idle_timeout/, "$t: ... naming the directive") or diag($out);
 });
 
+# ---------------------------------------------------------------------------
+# 15. Back-pressure: while 64 acknowledgements are pending, nothing more is
+#     read from the connection; then everything is acknowledged, in order.
+# ---------------------------------------------------------------------------
+section('15. back-pressure', sub {
+    my $t = '15. back-pressure';
+    start_ws(extra => 'recording_redis_read_timeout 1h;');
+    my $ws = open_ws($t);
+    # A first message makes the site known to the cache.
+    ws_send_text($ws, batch('bp', 0));
+    is(next_text($ws), queued(1), "$t: the first message queued");
+    # Redis holds writes: every RPUSH waits.
+    is(redis_cmd('CLIENT', 'PAUSE', 30000, 'WRITE'), 'OK', "$t: Redis paused for writes");
+    # 100 messages of 20 KB: more than one read (16 KB) each.
+    my $sent = in_child(sub {
+        my $n = 0;
+        for my $i (2 .. 101) {
+            ws_send_text($ws, batch_of_size("bp-$i", 20_000)) or last;
+            $n++;
+        }
+        return { sent => $n };
+    });
+    my $read;
+    ok(poll_until(10, sub { $read = ws_figures()->{messages} // 0; $read >= 65 }),
+       "$t: 64 messages pending (read: $read)");
+    sleep 1;
+    $read = ws_figures()->{messages} // 0;
+    cmp_ok($read, '<=', 66, "$t: ... and no more read while they are ($read read in all)");
+    is(redis_cmd('CLIENT', 'UNPAUSE'), 'OK', "$t: Redis answers again");
+    my @acks = map { next_text($ws) } 2 .. 101;
+    is_deeply(\@acks, [map { queued($_) } 2 .. 101], "$t: then all 100 acknowledged, in order");
+    is($sent->()->{sent}, 100, "$t: the client could send all 100");
+    is(ws_figures()->{messages}, 101, "$t: 101 messages read");
+    is(scalar(elements()), 101, "$t: 101 elements in Redis");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+});
+
+# ---------------------------------------------------------------------------
+# 16. Hostile peers: a flood of pings, a frame sent a byte at a time, a
+#     decompression bomb; the worker keeps serving.
+# ---------------------------------------------------------------------------
+section('16. hostile', sub {
+    my $t = '16. hostile';
+    start_ws();
+    my $ws = open_ws($t);
+    ws_send_raw($ws, join '', map { ws_encode_frame(opcode => 9, payload => "p$_") } 1 .. 2000);
+    my @pongs;
+    for (1 .. 2000) {
+        my $f = ws_read_frame($ws) or last;
+        last unless ($f->{opcode} // -1) == 10;
+        push @pongs, $f->{payload};
+    }
+    is(scalar @pongs, 2000, "$t: 2000 pings in one write: 2000 pongs");
+    is($pongs[-1], 'p2000', "$t: ... the last one last");
+
+    # Slowloris on frames: one message, a byte at a time.
+    my $frame = ws_encode_frame(opcode => 1, payload => batch('slow', 0));
+    for my $byte (split //, $frame) {
+        ws_send_raw($ws, $byte) or last;
+        sleep 0.002;
+    }
+    is(next_text($ws), queued(1), "$t: a message sent a byte at a time: queued");
+
+    # A gzip bomb: 100 KB that inflates to 50 MB, over the 2 MB limit.
+    my $bomb = gzip_bytes('{"session_id":"bomb","seq":0,"events":[' . (' ' x 50_000_000) . ']}');
+    ok(length($bomb) < 200_000, "$t: the bomb is " . length($bomb) . ' bytes');
+    ws_send_binary($ws, $bomb);
+    is(next_text($ws), refused(2, 'payload_too_large'), "$t: a decompression bomb: payload_too_large");
+    ws_send_text($ws, batch('after-bomb', 0));
+    is(next_text($ws), queued(3), "$t: the connection goes on");
+    my $other = open_ws("$t: another connection");
+    ws_send_text($other, batch('other', 0));
+    is(next_text($other), queued(1), "$t: ... and so does the worker");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+});
+
 Test::More::done_testing();
