@@ -908,4 +908,56 @@ section('16. hostile', sub {
     ok(stop_nginx(), "$t: nginx stops gracefully");
 });
 
+# ---------------------------------------------------------------------------
+# 17. nginx -s reload with a connection open: the old worker acknowledges
+#     what it read, closes with 1001; a new connection goes to the new one.
+# ---------------------------------------------------------------------------
+section('17. reload', sub {
+    my $t = '17. reload';
+    start_ws();
+    my $ws = open_ws($t);
+    ws_send_text($ws, batch('reload', 0));
+    is(next_text($ws), queued(1), "$t: a message queued before the reload");
+    ws_send_text($ws, batch('reload', 1));
+    ok(reload_nginx(), "$t: nginx reloaded");
+    my $end = ws_read_until_close($ws, timeout => $GUARD, eof => 0);
+    my @frames = map { $_->{payload} } grep { $_->{opcode} == 1 } @{ $end->{frames} };
+    ok(!@frames || "@frames" eq queued(2), "$t: a message in flight is acknowledged first (@frames)");
+    is($end->{close} ? $end->{close}{code} : 'none', 1001, "$t: the old worker closes with 1001");
+    ws_disconnect($ws);
+    my @acked = (0, @frames ? (1) : ());
+    my %in_redis = map { /"session_id":"reload","seq":(\d+)/ ? ($1 => 1) : () } elements();
+    is(scalar(grep { $in_redis{$_} } @acked), scalar @acked, "$t: every acknowledged message is in Redis");
+    my $again = open_ws("$t: after the reload");
+    ws_send_text($again, batch('reload', 2));
+    is(next_text($again), queued(1), "$t: a new connection is served");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+});
+
+# ---------------------------------------------------------------------------
+# 18. Redis down with the spool: a message is acknowledged once the spool
+#     has it, and reaches Redis when it is back.
+# ---------------------------------------------------------------------------
+section('18. spool', sub {
+    my $t = '18. spool';
+    my $spool = servroot() . '/ws-spool';
+    mkdir $spool;
+    chmod 0777, $spool;
+    start_ws(http => "recording_spool $spool;\n");
+    my $ws = open_ws($t);
+    ws_send_text($ws, batch('spooled', 0));
+    is(next_text($ws), queued(1), "$t: Redis up: queued");
+    redis_stop();
+    ws_send_text($ws, batch('spooled', 1));
+    is(next_text($ws), queued(2), "$t: Redis down: queued, into the spool");
+    redis_start();
+    ok(poll_until(15, sub { grep { /"session_id":"spooled","seq":1/ } elements() }),
+       "$t: the spooled message reaches Redis once it is back");
+    ws_send_text($ws, batch('spooled', 2));
+    is(next_text($ws), queued(3), "$t: the connection went on throughout");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+});
+
 Test::More::done_testing();
