@@ -104,6 +104,23 @@ struct ngx_http_recording_loc_conf_t {
     ngx_msec_t                          websocket_idle_timeout;
 };
 
+// What the module keeps in a request's context (ngx_http_get_module_ctx):
+// a POST's state (the handler's) or a WebSocket connection's (the
+// websocket file's). Each derives from this and looks at `kind` first.
+enum class ngx_http_recording_ctx_kind_e { request, websocket };
+
+struct ngx_http_recording_ctx_t {
+    ngx_http_recording_ctx_kind_e kind;
+};
+
+// The context of `r` if it is of `kind`, else null.
+template <typename T>
+T *ngx_http_recording_ctx(ngx_http_request_t *r, ngx_http_recording_ctx_kind_e kind) noexcept
+{
+    auto *ctx = static_cast<ngx_http_recording_ctx_t *>(ngx_http_get_module_ctx(r, ngx_http_recording_module));
+    return ctx != nullptr && ctx->kind == kind ? static_cast<T *>(ctx) : nullptr;
+}
+
 // The link between a request and the Redis work done for it. It outlives
 // the request when the client goes away first: the work then finds
 // `request` null and only frees the link. The steps below the handler

@@ -41,7 +41,7 @@ namespace {
 using Waiter = ngx_http_recording_waiter_t;
 
 // A request's state, in its pool; destroyed by a pool cleanup.
-struct RequestState {
+struct RequestState : ngx_http_recording_ctx_t {
     ngx_http_request_t *request;
     ngx_http_recording_loc_conf_t *conf;
     std::string_view site_id;  // in the request pool
@@ -82,6 +82,7 @@ RequestState *create_state(ngx_http_request_t *r, ngx_http_recording_loc_conf_t 
         return nullptr;
     }
     auto *state = new (cln->data) RequestState{};
+    state->kind = ngx_http_recording_ctx_kind_e::request;
     state->request = r;
     state->conf = conf;
     cln->handler = destroy_state;
@@ -91,7 +92,7 @@ RequestState *create_state(ngx_http_request_t *r, ngx_http_recording_loc_conf_t 
 
 RequestState *get_state(ngx_http_request_t *r)
 {
-    return static_cast<RequestState *>(ngx_http_get_module_ctx(r, ngx_http_recording_module));
+    return ngx_http_recording_ctx<RequestState>(r, ngx_http_recording_ctx_kind_e::request);
 }
 
 // The steps, in the order a batch meets them; each is defined below in
@@ -527,14 +528,20 @@ ngx_int_t send_preflight(ngx_http_request_t *r)
 
 // --- Variables ---------------------------------------------------------------
 
-enum class Variable : uintptr_t { outcome, session_id, queue, decoded_bytes, redis_time };
+enum class Variable : uintptr_t { outcome, session_id, queue, decoded_bytes, redis_time, websocket_messages };
 
 ngx_int_t get_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data) noexcept
 {
     RequestState *state = get_state(r);
     char number[32];
     std::string_view text;
-    if (state != nullptr) {
+    if (static_cast<Variable>(data) == Variable::websocket_messages) {
+        int64_t messages = ngx_http_recording_websocket_messages(r);
+        if (messages >= 0) {
+            int n = std::snprintf(number, sizeof(number), "%lld", static_cast<long long>(messages));
+            text = {number, static_cast<size_t>(n)};
+        }
+    } else if (state != nullptr) {
         switch (static_cast<Variable>(data)) {
         case Variable::outcome:
             if (state->preflight) {
@@ -554,6 +561,8 @@ ngx_int_t get_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uint
                 int n = std::snprintf(number, sizeof(number), "%zu", *state->decoded_bytes);
                 text = {number, static_cast<size_t>(n)};
             }
+            break;
+        case Variable::websocket_messages:
             break;
         case Variable::redis_time:
             if (state->redis_time_us) {  // milliseconds, to the microsecond
@@ -595,6 +604,7 @@ ngx_int_t ngx_http_recording_add_variables(ngx_conf_t *cf) noexcept
         {ngx_string("recording_queue"), Variable::queue},
         {ngx_string("recording_decoded_bytes"), Variable::decoded_bytes},
         {ngx_string("recording_redis_time"), Variable::redis_time},
+        {ngx_string("recording_websocket_messages"), Variable::websocket_messages},
     };
     for (auto &variable : variables) {
         ngx_http_variable_t *v = ngx_http_add_variable(cf, &variable.name, NGX_HTTP_VAR_NOCACHEABLE);

@@ -56,7 +56,7 @@ struct Message {
     std::optional<Outcome> outcome;  // decided: its acknowledgement may go
 };
 
-struct Connection {
+struct Connection : ngx_http_recording_ctx_t {
     ngx_http_request_t *request;
     ngx_http_recording_loc_conf_t *conf;
     std::string_view site_id;
@@ -82,7 +82,8 @@ struct Connection {
     ngx_int_t end_rc = NGX_DONE;
 
     Connection(ngx_http_request_t *r, ngx_http_recording_loc_conf_t *c, std::string_view site)
-        : request(r), conf(c), site_id(site), reader(c->max_decoded_size)
+        : ngx_http_recording_ctx_t{ngx_http_recording_ctx_kind_e::websocket}, request(r), conf(c), site_id(site),
+          reader(c->max_decoded_size)
     {
     }
 
@@ -110,6 +111,11 @@ struct Connection {
         }
     }
 };
+
+Connection *connection_of(ngx_http_request_t *r)
+{
+    return ngx_http_recording_ctx<Connection>(r, ngx_http_recording_ctx_kind_e::websocket);
+}
 
 // --- The handshake -----------------------------------------------------------
 
@@ -578,7 +584,7 @@ void on_read(ngx_event_t *ev) noexcept
 {
     auto *c = static_cast<ngx_connection_t *>(ev->data);
     auto *r = static_cast<ngx_http_request_t *>(c->data);
-    auto *ws = static_cast<Connection *>(ngx_http_get_module_ctx(r, ngx_http_recording_module));
+    auto *ws = connection_of(r);
     try {
         if (ws->finalized) {
             // ending: end_connection() comes
@@ -611,7 +617,7 @@ void on_write(ngx_event_t *ev) noexcept
 {
     auto *c = static_cast<ngx_connection_t *>(ev->data);
     auto *r = static_cast<ngx_http_request_t *>(c->data);
-    auto *ws = static_cast<Connection *>(ngx_http_get_module_ctx(r, ngx_http_recording_module));
+    auto *ws = connection_of(r);
     if (ws->finalized) {
         // ending: end_connection() comes
     } else if (ev->timedout) {
@@ -627,7 +633,7 @@ void end_connection(ngx_event_t *ev) noexcept
 {
     auto *c = static_cast<ngx_connection_t *>(ev->data);
     auto *r = static_cast<ngx_http_request_t *>(c->data);
-    auto *ws = static_cast<Connection *>(ngx_http_get_module_ctx(r, ngx_http_recording_module));
+    auto *ws = connection_of(r);
     ngx_http_finalize_request(r, ws->end_rc);  // frees ws
     ngx_http_run_posted_requests(c);
 }
@@ -691,7 +697,7 @@ void handshake_site_found(Waiter *waiter, const recording::SiteSettings *setting
         delete waiter;
         return;
     }
-    auto *ws = static_cast<Connection *>(ngx_http_get_module_ctx(r, ngx_http_recording_module));
+    auto *ws = connection_of(r);
     ngx_connection_t *c = r->connection;
     ngx_int_t rc;
     try {
@@ -812,4 +818,10 @@ ngx_int_t ngx_http_recording_websocket_start(ngx_http_request_t *r, ngx_http_rec
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "recording: %s", e.what());
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+}
+
+int64_t ngx_http_recording_websocket_messages(ngx_http_request_t *r) noexcept
+{
+    Connection *ws = connection_of(r);
+    return ws != nullptr ? static_cast<int64_t>(ws->count) : -1;
 }

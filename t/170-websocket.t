@@ -960,4 +960,30 @@ section('18. spool', sub {
     ok(stop_nginx(), "$t: nginx stops gracefully");
 });
 
+# ---------------------------------------------------------------------------
+# 19. The access log: one line per connection, with its message count; the
+#     POST variables have nothing to say about it.
+# ---------------------------------------------------------------------------
+section('19. access log', sub {
+    my $t = '19. access log';
+    start_ws(http => "log_format ws '\$status msgs=\$recording_websocket_messages "
+                   . "outcome=\$recording_outcome session=\$recording_session_id';\n"
+                   . "access_log logs/ws.log ws;\n");
+    my $ws = open_ws($t);
+    ws_send_text($ws, batch('log', $_)) for 0 .. 2;
+    is(next_text($ws), queued($_), "$t: message $_ queued") for 1 .. 3;
+    ws_close($ws, code => 1000);
+    expect_close($ws, 1000, "$t: closed");
+    my $post = http_request(method => 'POST', uri => uri(1), body => batch('log-post', 0),
+                            headers => ['Content-Type' => 'application/json']);
+    is($post->{status}, 202, "$t: a POST beside it");
+    my @lines;
+    poll_until(5, sub { @lines = grep { length } split /\n/, (-e servroot() . '/logs/ws.log'
+                        ? do { local (@ARGV, $/) = (servroot() . '/logs/ws.log'); <> } : ''); @lines >= 2 });
+    is($lines[0] // '', '101 msgs=3 outcome=- session=-', "$t: the connection's line: 101, 3 messages");
+    is($lines[1] // '', '202 msgs=- outcome=queued session=log-post', "$t: the POST's line as before");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+});
+
 Test::More::done_testing();
