@@ -70,6 +70,7 @@ struct Connection : ngx_http_recording_ctx_t {
     uint16_t closing = 0;
     bool close_sent = false;
     bool finalized = false;
+    bool reading = false;            // read_frames() is on the stack: not again
     std::string_view key;            // Sec-WebSocket-Key, in the request's pool
     Waiter *site_waiter = nullptr;   // the handshake's site lookup, when it waited for Redis
     bool upgraded = false;           // counted in websocket_connections_open
@@ -541,7 +542,22 @@ bool feed(Connection *ws, const u_char *data, size_t size)
     return !ws->finalized && ws->closing == 0;
 }
 
+void read_frames_now(Connection *ws);
+
+// Reads what the client sent, unless it is being read already: an
+// acknowledgement given while a message is taken must not read again from
+// under the loop that took it.
 void read_frames(Connection *ws)
+{
+    if (ws->reading) {
+        return;
+    }
+    ws->reading = true;
+    read_frames_now(ws);
+    ws->reading = false;
+}
+
+void read_frames_now(Connection *ws)
 {
     static u_char buffer[kReadSize];
     ngx_http_request_t *r = ws->request;
