@@ -53,7 +53,11 @@
  *   so storage must dedup by session_id, page_id and seq. A 1002 or 1009
  *   close (protocol, message too big) also switches the page view to POST.
  *   On pagehide the batches not yet sent go by fetch(keepalive), as for
- *   POST; the ones already on the socket are the server's (it acknowledges
+ *   POST, but without a Content-Type (the text goes as text/plain, which
+ *   the module does not look at): a CORS-simple request needs no
+ *   preflight, and a page view on the socket has none cached; a keepalive
+ *   request waiting for its preflight as the page unloads was seen lost.
+ *   The batches already on the socket are the server's (it acknowledges
  *   what it read before it closes).
  */
 (function (global) {
@@ -393,6 +397,8 @@
     // in flight is the browser's business (keepalive).
     function flushNow() {
       cutBatch();
+      // See the top of this file: no preflight on the socket's page views.
+      const headers = state.usePost ? { 'Content-Type': 'application/json' } : {};
       for (const batch of state.outbox) {
         if (batch.inFlight || batch.handedOver || batch.wsSent || state.stopped) continue;
         batch.handedOver = true;
@@ -400,7 +406,7 @@
           method: 'POST',
           mode: 'cors',
           credentials: 'omit',
-          headers: { 'Content-Type': 'application/json' },
+          headers,
           body: batch.json,
           keepalive: true,
         }).then(
