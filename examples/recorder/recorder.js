@@ -36,6 +36,29 @@
  *   recording stops, and the visit remembers it so that its next pages do
  *   not record at all. 5xx and network errors: a few retries with backoff.
  *   Other 4xx: this batch can never be accepted; it is dropped.
+ * - transport: 'websocket' (opt-in; POST is the default): one WebSocket per
+ *   page view to the same URL (ws: or wss:), one message per batch, binary
+ *   gzip when CompressionStream is there, else the JSON as text. The batches
+ *   sent and not yet acknowledged stay in the outbox, in seq order. The
+ *   server answers each message, in order, with {"n":N,...}, N counting the
+ *   messages of the connection from 1: queued is done; sampled_out and the
+ *   errors of STOP_OUTCOMES stop as for POST; queue_unavailable is sent
+ *   again later (up to `retries` times); any other error drops the batch.
+ *   If the socket fails before it opens (unknown site 404, disabled 403,
+ *   no WebSocket on the server, a proxy in the way), the rest of the page
+ *   view goes by POST, which then gets the same answers as always. If it
+ *   closes after opening (1001 on a server reload, 1000 idle, the network),
+ *   it reconnects with backoff and sends every unacknowledged batch again,
+ *   in order, before new ones: the server may have some of them already,
+ *   so storage must dedup by session_id, page_id and seq. A 1002 or 1009
+ *   close (protocol, message too big) also switches the page view to POST.
+ *   On pagehide the batches not yet sent go by fetch(keepalive), as for
+ *   POST, but without a Content-Type (the text goes as text/plain, which
+ *   the module does not look at): a CORS-simple request needs no
+ *   preflight, and a page view on the socket has none cached; a keepalive
+ *   request waiting for its preflight as the page unloads was seen lost.
+ *   The batches already on the socket are the server's (it acknowledges
+ *   what it read before it closes).
  */
 (function (global) {
   'use strict';
@@ -89,6 +112,8 @@
       retryDelay: 1000,        // ms before the first retry, doubled each time
       recordOptions: {},       // passed to rrweb.record
       onBatch: null,           // called with {seq, encoding, status, outcome} per answer
+      transport: 'post',       // or 'websocket' (see the top of this file)
+      maxReconnectDelay: 30000, // ms, the cap of the WebSocket reconnect backoff
     }, options);
     if (!opts.endpoint) throw new Error('RecordingRecorder: endpoint is required');
 
@@ -106,6 +131,13 @@
       pumping: false,
       stopRecording: null,
       timer: null,
+      // WebSocket transport: the current connection {ws, open, sent: the
+      // batches sent on it, message n at sent[n - 1]}; usePost once the
+      // page view has given up on WebSocket.
+      usePost: opts.transport !== 'websocket' || typeof global.WebSocket !== 'function',
+      conn: null,
+      reconnects: 0,
+      reconnectTimer: null,
     };
 
     function report(batch, extra) {
@@ -137,8 +169,14 @@
       state.stopped = reason;
       if (state.stopRecording) state.stopRecording();
       clearInterval(state.timer);
+      clearTimeout(state.reconnectTimer);
       state.events = [];
       state.outbox = [];
+      if (state.conn) {
+        const ws = state.conn.ws;
+        state.conn = null;
+        try { ws.close(1000); } catch (e) { /* already closing */ }
+      }
       if (STOP_OUTCOMES.includes(reason)) {
         visit.stopped = reason;
         saveVisit(visitKey, visit);
@@ -208,8 +246,134 @@
       }
     }
 
+    // --- WebSocket transport -------------------------------------------
+
+    function wsUrl() {
+      const url = new URL(opts.endpoint, global.location.href);
+      url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+      return url.href;
+    }
+
+    // Give up on WebSocket for the rest of the page view: what is in the
+    // outbox (acknowledged batches are gone from it) goes by POST.
+    function toPost() {
+      state.usePost = true;
+      clearTimeout(state.reconnectTimer);
+      state.reconnectTimer = null;
+      for (const batch of state.outbox) batch.wsSent = false;
+      pump();
+    }
+
+    function connect() {
+      if (state.conn || state.stopped || state.usePost) return;
+      let ws;
+      try {
+        ws = new global.WebSocket(wsUrl());
+      } catch (e) {
+        toPost();
+        return;
+      }
+      ws.binaryType = 'arraybuffer';
+      const conn = { ws, open: false, sent: [] };
+      state.conn = conn;
+      ws.onopen = () => {
+        if (state.conn !== conn) return;
+        conn.open = true;
+        wsPump();
+      };
+      ws.onmessage = (message) => {
+        if (state.conn !== conn || typeof message.data !== 'string') return;
+        let ack = null;
+        try { ack = JSON.parse(message.data); } catch (e) { /* not an ack */ }
+        if (ack && typeof ack.n === 'number') onAck(conn, ack);
+      };
+      ws.onerror = () => { /* onclose follows */ };
+      ws.onclose = (event) => {
+        if (state.conn !== conn) return;
+        state.conn = null;
+        for (const batch of state.outbox) batch.wsSent = false;
+        if (state.stopped) return;
+        // Never opened: the upgrade was refused or the server has no
+        // WebSocket. Protocol errors would happen again.
+        if (!conn.open || event.code === 1002 || event.code === 1009) {
+          toPost();
+          return;
+        }
+        // 1001 (the server reloads), 1000 (idle) or the network: again,
+        // later, and resend what was not acknowledged.
+        const delay = Math.min(opts.retryDelay * 2 ** state.reconnects, opts.maxReconnectDelay);
+        state.reconnects++;
+        clearTimeout(state.reconnectTimer);
+        state.reconnectTimer = setTimeout(() => {
+          state.reconnectTimer = null;
+          if (state.outbox.length > 0) connect();
+        }, delay);
+      };
+    }
+
+    function onAck(conn, ack) {
+      const batch = conn.sent[ack.n - 1];
+      if (!batch) return;
+      conn.sent[ack.n - 1] = null;
+      state.reconnects = 0;
+      const outcome = ack.status || ack.error;
+      report(batch, { encoding: batch.wsEncoding, status: null, transport: 'websocket', n: ack.n, outcome });
+      if (STOP_OUTCOMES.includes(outcome)) {
+        stop(outcome);
+        return;
+      }
+      if (outcome === 'queue_unavailable' && (batch.wsRetries = (batch.wsRetries || 0) + 1) <= opts.retries) {
+        // Again after a while, on whichever connection is there then.
+        batch.wsSent = false;
+        setTimeout(wsPump, opts.retryDelay * 2 ** (batch.wsRetries - 1));
+        return;
+      }
+      // queued, or an error that no resend would change: done with it.
+      const at = state.outbox.indexOf(batch);
+      if (at >= 0) state.outbox.splice(at, 1);
+    }
+
+    // Send, in seq order, every outbox batch not yet on this connection.
+    async function wsPump() {
+      if (state.pumping || state.stopped) return;
+      if (!state.conn) {
+        if (state.outbox.length > 0 && !state.reconnectTimer) connect();
+        return;
+      }
+      if (!state.conn.open) return;
+      state.pumping = true;
+      try {
+        for (;;) {
+          const conn = state.conn;
+          const batch = state.outbox.find((b) => !b.wsSent && !b.handedOver);
+          if (!batch || !conn || !conn.open || state.stopped || state.usePost) break;
+          if (batch.wsBody === undefined) {
+            if (typeof CompressionStream === 'function') {
+              batch.wsBody = await gzip(batch.json);
+              batch.wsEncoding = 'gzip';
+            } else {
+              batch.wsBody = batch.json;
+              batch.wsEncoding = 'identity';
+            }
+            continue;   // the connection may have changed meanwhile
+          }
+          if (conn.ws.readyState !== 1) break;
+          conn.ws.send(batch.wsBody);
+          batch.wsSent = true;
+          conn.sent.push(batch);
+        }
+      } finally {
+        state.pumping = false;
+      }
+      if (state.usePost) pump();
+    }
+
     // Send the outbox in order, one batch at a time.
     async function pump() {
+      if (!state.usePost) {
+        wsPump();
+        return;
+      }
       if (state.pumping) return;
       state.pumping = true;
       try {
@@ -233,14 +397,16 @@
     // in flight is the browser's business (keepalive).
     function flushNow() {
       cutBatch();
+      // See the top of this file: no preflight on the socket's page views.
+      const headers = state.usePost ? { 'Content-Type': 'application/json' } : {};
       for (const batch of state.outbox) {
-        if (batch.inFlight || batch.handedOver || state.stopped) continue;
+        if (batch.inFlight || batch.handedOver || batch.wsSent || state.stopped) continue;
         batch.handedOver = true;
         fetch(opts.endpoint, {
           method: 'POST',
           mode: 'cors',
           credentials: 'omit',
-          headers: { 'Content-Type': 'application/json' },
+          headers,
           body: batch.json,
           keepalive: true,
         }).then(
@@ -249,6 +415,7 @@
         );
       }
       state.outbox = state.outbox.filter((batch) => !batch.handedOver);
+      clearTimeout(state.reconnectTimer);
     }
 
     if (state.stopped) {

@@ -10,8 +10,18 @@
 //    page as it was when the visit left it.
 // 2. Visits to site 2 (samples every session out) and site 3 (disabled):
 //    the recorder stops after the first answer, for the rest of the visit.
-// 3. scripts/storage-worker drains the queues: the session's file holds
-//    exactly the Redis elements, in page-view and seq order.
+// 3. The same visit with the recorder's WebSocket transport (?transport=ws):
+//    a connection per page view, each batch a binary gzip message, every
+//    batch in Redis once, byte for byte, the replay as above. Over
+//    WebSocket, site 2 stops on its sampled_out acknowledgement; sites 3
+//    (disabled) and 99 (unknown) refuse the upgrade, the recorder falls back
+//    to POST and stops on its answer, as the POST path does.
+// 4. A reconnect: nginx reloads (SIGHUP) during a WebSocket page view, the
+//    old worker closes with 1001, the recorder reconnects and resends what
+//    was not acknowledged: every batch is in Redis at least once, in seq
+//    order once duplicates are dropped, and the page replays.
+// 5. scripts/storage-worker drains the queues: the POST session's file
+//    holds exactly its Redis elements, in page-view and seq order.
 import { createRequire } from 'node:module';
 import { gunzipSync } from 'node:zlib';
 import { spawnSync } from 'node:child_process';
@@ -34,7 +44,7 @@ const INGEST = env('E2E_INGEST');
 const PAGES = env('E2E_PAGES');
 const REDIS_PORT = Number(env('E2E_REDIS_PORT'));
 const RUN = env('E2E_RUN');
-const DEADLINE = Date.now() + 150_000;   // scripts/e2e kills us at 180 s
+const DEADLINE = Date.now() + 240_000;   // scripts/e2e kills us at 280 s
 const STARTED = Date.now();
 
 // --- results -------------------------------------------------------------
@@ -102,6 +112,9 @@ const liveSummary = (page) => page.evaluate(`(${domSummary})(document)`);
 // The bodies the recorder handed to fetch, as logged by boot.js in
 // sessionStorage: [{page, encoding, keepalive, unloading, overlaps, json,
 // bytes}].
+async function wsLog(page) {
+  return page.evaluate(() => JSON.parse(sessionStorage.getItem('e2e-ws') || '[]'));
+}
 async function sentLog(page) {
   const log = await page.evaluate(() => JSON.parse(sessionStorage.getItem('e2e-sent') || '[]'));
   return log.map((e) => {
@@ -229,10 +242,10 @@ async function newContext() {
   return { context, page, posts: captureNetwork(context) };
 }
 
-async function recordedVisit() {
+async function recordedVisit(query = '') {
   const { context, page, posts } = await newContext();
   const views = [];
-  await page.goto(`${PAGES}/${PAGE_VIEWS[0].path}`);
+  await page.goto(`${PAGES}/${PAGE_VIEWS[0].path}${query}`);
   for (const view of PAGE_VIEWS) {
     // Reached by the previous page's leave(), as a visitor would.
     check(await onPage(page, view.path), `the visit is on ${view.path}`, page.url());
@@ -246,15 +259,50 @@ async function recordedVisit() {
     await view.leave(page);
   }
   const sent = await sentLog(page);
+  const conns = await wsLog(page);
   await waitFor('the network answers', () => posts.every((p) => p.status !== null), 3000);
   await context.close();
-  return { views, sent, posts };
+  return { views, sent, posts, conns };
+}
+
+// One WebSocket page view during which nginx reloads: its old workers
+// acknowledge what they read and close with 1001.
+async function reconnectVisit() {
+  const { context, page } = await newContext();
+  await page.goto(`${PAGES}/shop.html?transport=ws`);
+  await onPage(page, 'shop.html');
+  const info = await page.evaluate(() => ({
+    sessionId: window.__recorder.sessionId, pageId: window.__recorder.pageId,
+  }));
+  for (const card of ['spade', 'tomato']) await page.click(`.card[data-name="${card}"] button`);
+  await settle(page);
+  // Events, and the reload while their batch may be on the wire.
+  await page.click('.card[data-name="watering can"] button');
+  await page.mouse.move(50, 120);
+  await page.mouse.move(640, 420, { steps: 15 });
+  await sleep(500);
+  process.kill(Number(fs.readFileSync(path.join(RUN, 'logs/nginx.pid'), 'utf8')), 'SIGHUP');
+  for (let i = 0; i < 6; i++) {
+    await page.click('#search');
+    await page.keyboard.type(`s${i}`, { delay: 30 });
+    await sleep(250);
+  }
+  await page.mouse.wheel(0, 300);
+  await sleep(1500);   // the reconnect backoff is 1 s
+  await settle(page);
+  // No click after this: Playwright would scroll the target into view.
+  const live = await liveSummary(page);
+  const conns = await wsLog(page);
+  await page.goto(`${PAGES}/replay.html`);
+  const sent = await sentLog(page);
+  await context.close();
+  return { ...info, path: 'shop.html', live, sent, conns };
 }
 
 // A visit to a site whose first answer stops the recorder: two page views.
-async function stoppedVisit(site) {
+async function stoppedVisit(site, transport = '') {
   const { context, page } = await newContext();
-  await page.goto(`${PAGES}/shop.html?site=${site}`);
+  await page.goto(`${PAGES}/shop.html?site=${site}${transport && `&transport=${transport}`}`);
   const sessionId = await page.evaluate(() => window.__recorder.sessionId);
   await page.click('.card[data-name="spade"] button');
   await waitFor('the first answer', () => page.evaluate(() => window.__answers.length > 0));
@@ -272,8 +320,9 @@ async function stoppedVisit(site) {
   await page.click('#more');
   await sleep(1000);
   const sent = await sentLog(page);
+  const conns = await wsLog(page);
   await context.close();
-  return { sessionId, answers, stopped, next, sent };
+  return { sessionId, answers, stopped, next, sent, conns };
 }
 
 // --- Redis -----------------------------------------------------------------
@@ -469,8 +518,8 @@ async function checkReplay(views, elements) {
   await context.close();
 }
 
-function checkStoppedVisit(visit, site, status, outcome, elements) {
-  console.log(`\n# site ${site}: ${outcome}`);
+function checkStoppedVisit(visit, site, status, outcome, elements, over = '') {
+  console.log(`\n# site ${site}${over}: ${outcome}`);
   const first = visit.answers[0] || {};
   check(visit.answers.length === 1 && first.status === status && first.outcome === outcome,
     `the first batch is answered ${status} ${outcome}`, JSON.stringify(visit.answers));
@@ -479,11 +528,102 @@ function checkStoppedVisit(visit, site, status, outcome, elements) {
     'the next page of the visit does not record', JSON.stringify(visit.next));
   check(visit.sent.length === 1, 'one batch sent in the whole visit', `${visit.sent.length} sent`);
   check(!elements.some((e) => e.doc.session_id === visit.sessionId), 'nothing of it in Redis');
-  facts.push(`site ${site}: ${visit.sent.length} batch sent, answered ${status} ${outcome}, then silence`);
+  facts.push(`site ${site}${over}: ${visit.sent.length} batch sent, answered `
+    + `${status === null ? 'on the socket' : status} ${outcome}, then silence`);
+}
+
+// The same visit over the WebSocket transport.
+function checkWsVisit(visit, elements) {
+  const { views, sent, conns } = visit;
+  const session = views[0].sessionId;
+  console.log(`\n# site 1 over WebSocket: a visit of ${views.length} page views, session ${session}`);
+  check(views.every((v) => v.sessionId === session), 'one session_id for the whole visit');
+  check(new Set(views.map((v) => v.pageId)).size === views.length, 'a page_id per page view');
+  check(conns.length === views.length && conns.every((c) => c.opened)
+    && views.every((v) => conns.filter((c) => c.page === `/${v.path}`).length === 1),
+    'one WebSocket per page view, each opened', JSON.stringify(conns));
+  const docs = sent.map((s) => JSON.parse(s.json));
+  console.log('#   page            seq  transport  encoding  bytes sent  JSON bytes');
+  sent.forEach((s, i) => console.log(`#   ${s.page.padEnd(14)} ${String(docs[i].seq).padStart(4)}  `
+    + `${s.transport.padEnd(9)}  ${s.encoding.padEnd(8)}  ${String(s.bytes.length).padStart(10)}  `
+    + `${String(s.json.length).padStart(10)}`));
+  for (const view of views) {
+    const seqs = docs.filter((d) => d.page_id === view.pageId).map((d) => d.seq);
+    check(seqs.length >= 2 && same(seqs, [...seqs.keys()]),
+      `${view.path}: batches sent with seq 0..${seqs.length - 1}, in order`, `seqs: ${seqs}`);
+    view.batches = seqs.length;
+  }
+  const ws = sent.filter((s) => s.transport === 'websocket');
+  check(ws.length >= sent.length - views.length && ws.every((s) => s.encoding === 'gzip'),
+    'batches are binary gzip messages on the socket',
+    `${ws.length} of ${sent.length}; ${sent.map((s) => `${s.transport}/${s.encoding}`).join(' ')}`);
+  check(sent.every((s) => s.transport === 'websocket'
+    || (s.unloading && s.keepalive && s.encoding === 'identity' && s.contentType === null)),
+    'only a batch cut as its page unloads goes by POST (fetch keepalive, no Content-Type: no preflight)',
+    sent.filter((s) => s.transport !== 'websocket').map((s) => `${s.page} ${s.unloading}`).join(', '));
+
+  const mine = elements.filter((e) => e.doc.session_id === session);
+  const index = new Map(docs.map((d, i) => [`${d.page_id}/${d.seq}`, i]));
+  const order = mine.map((e) => index.get(`${e.doc.page_id}/${e.doc.seq}`));
+  check(mine.length === sent.length && same([...order].sort((a, b) => a - b), [...sent.keys()]),
+    `Redis holds the ${sent.length} batches of the session, each once`, `found ${mine.length}: ${order}`);
+  const mismatched = [];
+  const badId = [];
+  mine.forEach((e, i) => {
+    const parts = splitIngest(e.raw);
+    if (!parts || order[i] === undefined || !parts.client.equals(sent[order[i]].json)) mismatched.push(i);
+    const idForm = order[i] !== undefined && sent[order[i]].transport === 'websocket'
+      ? /^[0-9a-f]{32}-[1-9][0-9]*$/ : /^[0-9a-f]{32}$/;
+    if (!parts || !idForm.test(parts.ingest.request_id) || parts.ingest.site_id !== 1) badId.push(i);
+  });
+  check(mismatched.length === 0, 'each Redis element is the browser\'s JSON byte for byte, plus _ingest',
+    `elements differing: ${mismatched}`);
+  check(badId.length === 0, '_ingest: site 1; request_id is the upgrade\'s followed by -n for messages',
+    badId.map((i) => splitIngest(mine[i].raw)?.ingestText).join('\n       '));
+  const inSeqOrder = views.every((v) => {
+    const seqs = mine.filter((e) => e.doc.page_id === v.pageId).map((e) => e.doc.seq);
+    return same(seqs, [...seqs.keys()]);
+  });
+  check(inSeqOrder, 'Redis has each page view\'s batches in seq order', `Redis order: ${order}`);
+  facts.push(`site 1 over WebSocket: ${views.length} page views, ${sent.length} batches (${ws.length} `
+    + `on the socket, ${sent.length - ws.length} by POST on unload) `
+    + `(${views.map((v) => `${v.path}: ${v.batches}`).join(', ')})`);
+  return mine;
+}
+
+// The page view during which nginx reloaded.
+function checkReconnect(visit, elements) {
+  console.log(`\n# site 1 over WebSocket, nginx reloaded mid-page: session ${visit.sessionId}`);
+  const { sent, conns } = visit;
+  const docs = sent.map((s) => JSON.parse(s.json));
+  check(conns.length >= 2 && conns[0].opened && conns[0].code === 1001 && conns[1].opened,
+    'the server closed the first connection with 1001, the recorder opened another',
+    JSON.stringify(conns));
+  const last = Math.max(...docs.map((d) => d.seq));
+  const mine = elements.filter((e) => e.doc.session_id === visit.sessionId);
+  const firstSeen = [];
+  for (const e of mine) if (!firstSeen.includes(e.doc.seq)) firstSeen.push(e.doc.seq);
+  check(last >= 2 && same(firstSeen, [...Array(last + 1).keys()]),
+    `every batch (seq 0..${last}) is in Redis at least once, in seq order once duplicates are dropped`,
+    `Redis seqs: ${mine.map((e) => e.doc.seq)}`);
+  const bySeq = new Map();
+  sent.forEach((s, i) => bySeq.set(docs[i].seq, s.json));
+  const differing = mine.filter((e) => {
+    const parts = splitIngest(e.raw);
+    return !parts || !parts.client.equals(bySeq.get(e.doc.seq));
+  });
+  check(differing.length === 0 && mine.every((e) => e.doc.page_id === visit.pageId),
+    'each element is the browser\'s JSON of its seq, byte for byte', `${differing.length} differ`);
+  const resent = sent.length - new Set(docs.map((d) => d.seq)).size;
+  facts.push(`reconnect: ${conns.length} connections (first closed ${conns[0] && conns[0].code}), `
+    + `${sent.length} messages for ${last + 1} batches (${resent} resent), `
+    + `${mine.length} elements in Redis (${mine.length - last - 1} duplicates)`);
+  // Duplicates out, for the replay.
+  return mine.filter((e, i) => mine.findIndex((o) => o.doc.seq === e.doc.seq) === i);
 }
 
 // scripts/storage-worker drains the queues into files.
-async function checkStorageWorker(redis, session, elements) {
+async function checkStorageWorker(redis, session, elements, sessions) {
   console.log('\n# storage worker');
   const out = path.join(RUN, 'out');
   const started = Date.now();
@@ -505,7 +645,8 @@ async function checkStorageWorker(redis, session, elements) {
     `${path.relative(RUN, file)}: the ${expected.length} batches, one per line, in page view and seq order`,
     `${lines.length} lines`);
   const files = fs.readdirSync(out, { recursive: true }).filter((f) => f.endsWith('.jsonl'));
-  check(files.length === 1, 'one file: the sampled-out, disabled and over-budget visits have none', files.join(' '));
+  check(files.length === sessions, `${sessions} files, one per site 1 session: the sampled-out, disabled, `
+    + 'unknown and over-budget visits have none', files.join(' '));
   facts.push(`storage worker: ${lines.length} batches into ${files.length} file in ${Date.now() - started} ms`);
 }
 
@@ -525,8 +666,19 @@ try {
   const sampled = await stoppedVisit(2);
   const disabled = await stoppedVisit(3);
   const overBudget = await stoppedVisit(4);
+  const wsVisit = await recordedVisit('?transport=ws');
+  const wsSampled = await stoppedVisit(2, 'ws');
+  const wsDisabled = await stoppedVisit(3, 'ws');
+  const wsUnknown = await stoppedVisit(99, 'ws');
+  // The module's figures before the reload (which may start them afresh).
   await waitFor('every batch in Redis',
-    async () => (await queueElements(redis)).length >= visit.sent.length);
+    async () => (await queueElements(redis)).length >= visit.sent.length + wsVisit.sent.length);
+  const status = await (await fetch(`${INGEST}/recording-status`)).json();
+  const queuedBefore = (await queueElements(redis)).filter((e) => e.doc._ingest.site_id === 1).length;
+  const reconnect = await reconnectVisit();
+  const seqsOf = (v) => new Set(v.sent.map((s) => JSON.parse(s.json).seq)).size;
+  await waitFor('every batch in Redis',
+    async () => (await queueElements(redis)).length >= visit.sent.length + wsVisit.sent.length + seqsOf(reconnect));
   const elements = await queueElements(redis);
 
   const mine = checkRecordedVisit(visit, elements);
@@ -535,16 +687,33 @@ try {
   checkStoppedVisit(disabled, 3, 403, 'site_disabled', elements);
   checkStoppedVisit(overBudget, 4, 429, 'quota_exceeded', elements);
 
+  const wsMine = checkWsVisit(wsVisit, elements);
+  await checkReplay(wsVisit.views, wsMine);
+  checkStoppedVisit(wsSampled, 2, null, 'sampled_out', elements, ' over WebSocket');
+  check(wsSampled.conns.length === 1 && wsSampled.conns[0].opened
+    && wsSampled.sent.every((s) => s.transport === 'websocket'),
+    'the batch went on the socket; its acknowledgement stopped the recorder', JSON.stringify(wsSampled.conns));
+  checkStoppedVisit(wsDisabled, 3, 403, 'site_disabled', elements, ' over WebSocket');
+  checkStoppedVisit(wsUnknown, 99, 404, 'unknown_site', elements, ' over WebSocket');
+  for (const [v, what] of [[wsDisabled, 'disabled'], [wsUnknown, 'unknown']]) {
+    check(v.conns.length === 1 && !v.conns[0].opened && v.sent.every((s) => s.transport === 'post'),
+      `${what} site: the upgrade fails before open, the batch goes by POST, no other socket`,
+      JSON.stringify({ conns: v.conns, sent: v.sent.map((s) => s.transport) }));
+  }
+
+  const reMine = checkReconnect(reconnect, elements);
+  await checkReplay([reconnect], reMine);
+
   console.log('\n# the module');
-  const status = await (await fetch(`${INGEST}/recording-status`)).json();
-  check(status.preflights >= 1 && status.batches.queued === mine.length
-    && status.batches.sampled_out === 1 && status.batches.site_disabled === 1
+  // site 3: a POST, and over WebSocket the refused upgrade and the POST.
+  check(status.preflights >= 1 && status.batches.queued === queuedBefore
+    && status.batches.sampled_out === 2 && status.batches.site_disabled === 3
     && status.batches.quota_exceeded === 1,
-    'its figures: CORS preflights answered, batches queued, sampled out, refused',
+    'its figures (before the reload): CORS preflights answered, batches queued, sampled out, refused',
     JSON.stringify({ preflights: status.preflights, batches: status.batches }));
   facts.push(`module: ${status.preflights} CORS preflight(s), ${status.batches.queued} queued`);
 
-  await checkStorageWorker(redis, visit.views[0].sessionId, mine);
+  await checkStorageWorker(redis, visit.views[0].sessionId, mine, 3);
 } catch (e) {
   check(false, 'the test ran to its end', e.stack);
 } finally {

@@ -31,7 +31,9 @@
       const body = init.body;
       const entry = {
         page: location.pathname,
+        transport: 'post',
         encoding: (init.headers && init.headers['Content-Encoding']) || 'identity',
+        contentType: (init.headers && init.headers['Content-Type']) || null,
         keepalive: Boolean(init.keepalive),
         unloading,
         overlaps: inFlight > 0 || (window.__sent === 0 && Boolean(previous && previous.unloading)),
@@ -52,10 +54,50 @@
     return realFetch.apply(this, arguments);
   };
 
+  // Likewise every WebSocket message the recorder sends to the module
+  // (transport 'websocket', with the connection's number in the visit), and
+  // every connection in 'e2e-ws': [{page, opened, code}], code once closed.
+  const RealWebSocket = window.WebSocket;
+  const wsLog = (change) => {
+    const log = JSON.parse(sessionStorage.getItem('e2e-ws') || '[]');
+    const result = change(log);
+    sessionStorage.setItem('e2e-ws', JSON.stringify(log));
+    return result;
+  };
+  window.WebSocket = function (url, protocols) {
+    const ws = protocols === undefined ? new RealWebSocket(url) : new RealWebSocket(url, protocols);
+    const conn = wsLog((log) => log.push({ page: location.pathname, opened: false, code: null }) - 1);
+    ws.addEventListener('open', () => wsLog((log) => { log[conn].opened = true; }));
+    ws.addEventListener('close', (e) => wsLog((log) => { log[conn].code = e.code; }));
+    const realSend = ws.send;
+    ws.send = function (data) {
+      const log = JSON.parse(sessionStorage.getItem('e2e-sent') || '[]');
+      log.push({
+        page: location.pathname,
+        transport: 'websocket',
+        conn,
+        encoding: typeof data === 'string' ? 'identity' : 'gzip',
+        keepalive: false,
+        unloading,
+        overlaps: true,
+        text: typeof data === 'string' ? data : null,
+        base64: typeof data === 'string' ? null
+          : btoa(Array.from(data instanceof Uint8Array ? data : new Uint8Array(data), (b) => String.fromCharCode(b)).join('')),
+      });
+      sessionStorage.setItem('e2e-sent', JSON.stringify(log));
+      window.__sent++;
+      return realSend.apply(ws, arguments);
+    };
+    return ws;
+  };
+  window.WebSocket.prototype = RealWebSocket.prototype;
+  window.WebSocket.OPEN = RealWebSocket.OPEN;
+
   window.__answers = [];
   window.__recorder = RecordingRecorder.start({
     endpoint: window.E2E_INGEST + '/v1/sites/' + site + '/recordings',
     flushInterval: 700,   // several batches per page in a short test
     onBatch: (answer) => window.__answers.push(answer),
+    transport: params.get('transport') === 'ws' ? 'websocket' : 'post',
   });
 })();
