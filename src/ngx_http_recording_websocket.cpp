@@ -41,6 +41,9 @@ using Waiter = ngx_http_recording_waiter_t;
 // Unacknowledged messages a connection may have before reading stops.
 constexpr size_t kMaxPending = 64;
 constexpr size_t kReadSize = 16384;
+// Frames not yet written to a client that does not read (pongs to a flood
+// of pings) before reading from it stops.
+constexpr size_t kMaxUnsent = 256 * 1024;
 constexpr std::string_view kWebSocketGuid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 struct Connection;
@@ -71,6 +74,9 @@ struct Connection : ngx_http_recording_ctx_t {
     bool close_sent = false;
     bool finalized = false;
     bool reading = false;            // read_frames() is on the stack: not again
+    bool read_stopped = false;       // by kMaxUnsent: goes on once the frames are out
+
+    size_t unsent() const noexcept { return out.size() - written; }
     std::string_view key;            // Sec-WebSocket-Key, in the request's pool
     Waiter *site_waiter = nullptr;   // the handshake's site lookup, when it waited for Redis
     bool upgraded = false;           // counted in websocket_connections_open
@@ -208,6 +214,11 @@ void write_out(Connection *ws)
     }
     if (ws->close_sent) {
         finalize(ws, NGX_DONE);
+        return;
+    }
+    if (ws->read_stopped) {
+        ws->read_stopped = false;
+        read_frames(ws);
     }
 }
 
@@ -533,6 +544,8 @@ bool handle_events(Connection *ws)
 bool feed(Connection *ws, const u_char *data, size_t size)
 {
     size_t used = 0;
+    // What one read brings is handled whole: at most kReadSize of pings,
+    // whose pongs are as large.
     while (used < size && !ws->finalized && ws->closing == 0) {
         used += ws->reader.feed(data + used, size - used);
         if (!handle_events(ws)) {
@@ -573,6 +586,10 @@ void read_frames_now(Connection *ws)
         }
     }
     while (ws->messages.size() < kMaxPending) {
+        if (ws->unsent() >= kMaxUnsent) {
+            ws->read_stopped = true;  // the client reads nothing: neither do we
+            return;
+        }
         ssize_t n = c->recv(c, buffer, kReadSize);
         if (n == NGX_AGAIN) {
             if (c->read->timer_set) {

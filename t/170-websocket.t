@@ -986,4 +986,37 @@ section('19. access log', sub {
     ok(stop_nginx(), "$t: nginx stops gracefully");
 });
 
+# ---------------------------------------------------------------------------
+# 20. A flood of pings from a client that reads nothing: the worker stops
+#     reading once its pongs wait unsent, instead of holding them all.
+# ---------------------------------------------------------------------------
+section('20. ping flood, nothing read', sub {
+    my $t = '20. ping flood, nothing read';
+    start_ws();
+    my ($worker) = grep { /^\d+$/ } split /\s+/, `pgrep -P @{[master_pid()]}`;
+    my $rss = sub {
+        open my $fh, '<', "/proc/$worker/status" or return 0;
+        my ($kb) = map { /^VmRSS:\s+(\d+)/ ? $1 : () } <$fh>;
+        return $kb // 0;
+    };
+    my $ws = open_ws($t);
+    my $before = $rss->();
+    my $chunk = join '', map { ws_encode_frame(opcode => 9, payload => 'x' x 125) } 1 .. 31;  # ~4 KB
+    my $sent = 0;
+    while ($sent < 32 * 1024 * 1024) {
+        ws_send_raw($ws, $chunk, timeout => 1) or last;
+        $sent += length $chunk;
+    }
+    my $grew = $rss->() - $before;
+    Test::More::note("$t: sent $sent bytes of pings before the socket filled; worker RSS +$grew kB");
+    cmp_ok($sent, '<', 32 * 1024 * 1024, "$t: the client could not send 32 MB of pings: the worker stopped reading");
+    cmp_ok($grew, '<', 8 * 1024, "$t: the worker's RSS grew by less than 8 MB ($grew kB)");
+    ws_disconnect($ws);
+    my $other = open_ws("$t: another connection");
+    ws_send_text($other, batch('after-flood', 0));
+    is(next_text($other), queued(1), "$t: the worker goes on");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+});
+
 Test::More::done_testing();
