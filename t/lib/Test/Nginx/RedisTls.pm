@@ -118,26 +118,10 @@ sub _in_path {
     return grep { -x "$_/$prog" } File::Spec->path;
 }
 
-sub _slurp {
-    my ($path) = @_;
-    open my $fh, '<:raw', $path or return '';
-    local $/;
-    return <$fh> // '';
-}
-
-sub _spew {
-    my ($path, $data) = @_;
-    open my $fh, '>:raw', $path or die "cannot write $path: $!\n";
-    print {$fh} $data;
-    close $fh or die "cannot write $path: $!\n";
-}
-
-sub _tail {
-    my ($text, $n) = @_;
-    my @lines = split /\n/, $text;
-    @lines = @lines[-$n .. -1] if @lines > $n;
-    return join("\n", @lines) . "\n";
-}
+# The harness's own file helpers (Test::Nginx::Recording), not copies.
+*_slurp = \&Test::Nginx::Recording::_slurp;
+*_spew  = \&Test::Nginx::Recording::_spew;
+*_tail  = \&Test::Nginx::Recording::_tail;
 
 sub _free_port {
     my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Proto => 'tcp', Listen => 1)
