@@ -71,3 +71,13 @@ bool ngx_http_recording_add_header(ngx_http_request_t *r, std::string_view key, 
     h->value = value;
     return true;
 }
+
+std::optional<std::string_view> ngx_http_recording_complex_value(ngx_http_request_t *r,
+    ngx_http_complex_value_t *cv)
+{
+    ngx_str_t value;
+    if (cv == nullptr || ngx_http_complex_value(r, cv, &value) != NGX_OK) {
+        return std::nullopt;
+    }
+    return ngx_http_recording_view(value);
+}

@@ -1,9 +1,11 @@
 // Answering over HTTP: the small pieces of nginx's request API that the
-// handler and the status and health pages share (ngx_http_recording_http.cpp).
+// handler, the WebSocket handshake, the batch's enrichment and the status and
+// health pages share (ngx_http_recording_http.cpp).
 #pragma once
 
 #include "ngx_http_recording_nginx.h"
 
+#include <optional>
 #include <string_view>
 
 // The start of a page (status, health): GET or HEAD only, and any body
@@ -25,3 +27,8 @@ inline bool ngx_http_recording_add_header(ngx_http_request_t *r, std::string_vie
 {
     return ngx_http_recording_add_header(r, key, ngx_http_recording_str(value));
 }
+
+// The value of `cv` for `r` (in `r`'s pool); none when there is no `cv` or
+// it cannot be evaluated.
+std::optional<std::string_view> ngx_http_recording_complex_value(ngx_http_request_t *r,
+    ngx_http_complex_value_t *cv);

@@ -16,6 +16,7 @@
 #include "ngx_http_recording_spool.h"
 #include "ngx_http_recording_stats.h"
 #include "ngx_http_recording_status.h"
+#include "ngx_http_recording_websocket.h"
 
 namespace {
 
@@ -512,7 +513,10 @@ void exit_process(ngx_cycle_t *cycle) noexcept
 
 ngx_int_t preconfiguration(ngx_conf_t *cf) noexcept
 {
-    return ngx_http_recording_add_variables(cf);
+    if (ngx_http_recording_add_variables(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    return ngx_http_recording_websocket_add_variables(cf);
 }
 
 ngx_http_module_t module_ctx = {

@@ -11,6 +11,7 @@ extern "C" {
 // Defined in ngx_http_recording_module.cpp; nginx finds it by this C name.
 extern "C" ngx_module_t ngx_http_recording_module;
 
+#include <cstdint>
 #include <string_view>
 
 // nginx's strings and C++'s: `s` must outlive what is made of it.
@@ -64,4 +65,11 @@ inline ngx_msec_t ngx_http_recording_left(ngx_msec_t due) noexcept
 {
     auto left = static_cast<ngx_msec_int_t>(due - ngx_current_msec);
     return left > 0 ? static_cast<ngx_msec_t>(left) : 0;
+}
+
+// The wall clock, in milliseconds since the epoch, as nginx last read it.
+inline int64_t ngx_http_recording_now_ms() noexcept
+{
+    ngx_time_t *tp = ngx_timeofday();
+    return static_cast<int64_t>(tp->sec) * 1000 + static_cast<int64_t>(tp->msec);
 }
