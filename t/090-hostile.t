@@ -1,8 +1,9 @@
 # Hostile input and Redis faults (issue 6, items 1, 2 and 5): limits that
 # hold, inputs crafted to hurt (compression bombs, absurd nesting, huge
 # strings, numbers and key counts, broken UTF-8, NUL bytes, forged
-# `_ingest`, hostile headers, pipelining, clients that hang up) and a Redis
-# that answers errors, closes mid-reply or never answers.  After each
+# `_ingest`, hostile headers, pipelining, clients that hang up), a Redis
+# that answers errors, closes mid-reply or never answers, and WebSocket
+# frames crafted to hurt (issue 17).  After each
 # attack the same worker must still queue a normal batch (X-Pid unchanged)
 # and the error log must show no alert/crit/emerg or crashed worker.
 #
@@ -14,6 +15,7 @@ use warnings;
 
 use lib 't/lib';
 use Test::Nginx::Recording;
+use Test::Nginx::WebSocket;
 use Compress::Raw::Zlib ();
 use IO::Select ();
 use IO::Socket::INET ();
@@ -380,6 +382,7 @@ start_nginx(
         location('/bigshort', "recording_max_decoded_size 16m;\n            client_max_body_size 16m;\n"
                              . '            recording_redis_read_timeout 250ms;'),
         location('/slow', 'client_body_timeout 1s;'),
+        location('/ws', 'recording_websocket on;'),
         location('/fake', "recording_redis 127.0.0.1:$FAKE_PORT;\n            recording_redis_read_timeout 1s;"),
         location('/fastfake', "recording_redis 127.0.0.1:$FAKE_PORT;\n            recording_redis_read_timeout 300ms;"),
         location('/patientfake', "recording_redis 127.0.0.1:$FAKE_PORT;\n            recording_redis_read_timeout 1h;"),
@@ -1155,6 +1158,109 @@ for my $case (['OOM', 'oom', qr/\[error\].*recording: redis $FAKE: error reply: 
     select undef, undef, undef, 1.1;
     is(answer(post(uri('/fastfake', 703), batch('silent-ok'), timeout => 5)), '202 {"status":"queued"}',
        "$t: 202 once it answers again");
+    healthy($t);
+}
+
+# ===========================================================================
+# 8. WebSocket (issue 17): slowloris on frames, a flood of pings, a 2^63-byte
+#    length, a decompression bomb in a binary message
+# ===========================================================================
+
+sub ws_open {
+    my (%o) = @_;
+    return ws_connect(uri => uri('/ws', $o{site}), timeout => 10);
+}
+
+# The next message as text: an acknowledgement, or what came instead.
+sub ws_answer {
+    my ($ws) = @_;
+    my $m = ws_read_message($ws, timeout => 10);
+    return 'none (' . ($ws->{error} // ($ws->{eof} ? 'EOF' : 'nothing')) . ')' unless $m;
+    return 'close ' . ($m->{code} // '(no code)') if $m->{opcode} == 8;
+    return $m->{payload};
+}
+
+sub ws_queued { return qq({"n":$_[0],"status":"queued"}) }
+
+# Mid-attack: a new connection's message is queued too.
+sub ws_still_serving {
+    my ($t) = @_;
+    my $ws = ws_open();
+    ws_send_text($ws, batch('ws-probe-' . ++$HEALTH));
+    is(ws_answer($ws), ws_queued(1), "$t: meanwhile another connection's message is queued");
+    ws_disconnect($ws);
+}
+
+{
+    my $t = 'websocket slowloris';
+    clear_queue();
+    # 40 connections, each with one message sent a byte at a time, all of
+    # them at once: each holds only its reader's few bytes meanwhile.
+    my @frames = map { ws_encode_frame(opcode => 1, payload => batch("ws-slow-$_")) } 1 .. 40;
+    my @conns = map { ws_open() } 1 .. 40;
+    is(scalar(grep { ($_->{status} // 0) == 101 } @conns), 40, "$t: 40 connections upgraded");
+    my $half = int(length($frames[0]) / 2);
+    for my $i (0 .. $half - 1) {
+        ws_send_raw($conns[$_], substr($frames[$_], $i, 1)) for 0 .. $#conns;
+        select undef, undef, undef, 0.005;
+    }
+    ws_still_serving($t);
+    healthy("$t, half-way");
+    ws_send_raw($conns[$_], substr($frames[$_], $half)) for 0 .. $#conns;
+    my @answers = map { ws_answer($_) } @conns;
+    is(scalar(grep { $_ eq ws_queued(1) } @answers), 40, "$t: each slow message is queued once whole")
+        or diag(join "\n", @answers);
+    is(scalar(grep { /"session_id":"ws-slow-\d+"/ } queue_elements()), 40, "$t: 40 elements in Redis");
+    ws_disconnect($_) for @conns;
+    healthy($t);
+}
+{
+    my $t = 'websocket ping flood';
+    my $ws = ws_open();
+    # 20,000 pings in writes of 1,000: every one answered, in order, while
+    # the client reads.
+    my ($pongs, $last, $in_order) = (0, '', 1);
+    for my $round (0 .. 19) {
+        ws_send_raw($ws, join '', map { ws_encode_frame(opcode => 9, payload => 'p' . ($round * 1000 + $_)) } 1 .. 1000);
+        for (1 .. 1000) {
+            my $f = ws_read_frame($ws, timeout => 10) or last;
+            last unless ($f->{opcode} // -1) == 10;
+            $pongs++;
+            $in_order = 0 unless $f->{payload} eq 'p' . $pongs;
+        }
+    }
+    is($pongs, 20_000, "$t: 20,000 pings, 20,000 pongs");
+    ok($in_order, "$t: ... each with its ping's payload, in order");
+    ws_send_text($ws, batch('ws-after-pings'));
+    is(ws_answer($ws), ws_queued(1), "$t: a message after them is queued");
+    ws_disconnect($ws);
+    healthy($t);
+}
+{
+    my $t = 'websocket 2^63-byte length';
+    my $ws = ws_open();
+    # A text frame announcing 2^63 - 1 bytes (the most RFC 6455 allows),
+    # masked, with nothing behind it: refused from its header, 1009.
+    ws_send_raw($ws, "\x81\xff" . pack('NN', 0x7fffffff, 0xffffffff) . "\x01\x02\x03\x04");
+    is(ws_answer($ws), 'close 1009', "$t: 2^63 - 1 announced: close 1009 at once");
+    ok(ws_wait_eof($ws, timeout => 10), "$t: ... and the connection is closed");
+    # 2^63 exactly: the length's top bit set, which RFC 6455 forbids.
+    $ws = ws_open();
+    ws_send_raw($ws, "\x82\xff" . pack('NN', 0x80000000, 0) . "\x01\x02\x03\x04");
+    is(ws_answer($ws), 'close 1002', "$t: 2^63 (top bit set): close 1002");
+    healthy($t);
+}
+{
+    my $t = 'websocket decompression bomb';
+    my $ws = ws_open();
+    # 1 GiB of zeros in about 1 MB of gzip, and the same in zlib.
+    ws_send_binary($ws, gzip_bomb(1024));
+    is(ws_answer($ws), '{"n":1,"error":"payload_too_large"}', "$t: gzip bomb: payload_too_large");
+    ws_send_binary($ws, zlib_bomb(1024));
+    is(ws_answer($ws), '{"n":2,"error":"payload_too_large"}', "$t: zlib bomb: payload_too_large");
+    ws_send_text($ws, batch('ws-after-bomb'));
+    is(ws_answer($ws), ws_queued(3), "$t: the connection goes on: the next message is queued");
+    ws_disconnect($ws);
     healthy($t);
 }
 
