@@ -468,6 +468,15 @@ ngx_int_t ngx_http_recording_websocket_serve(ngx_http_request_t *r, ngx_http_rec
     }
 
     ngx_connection_t *c = r->connection;
+    // Acknowledgements are small frames, often several in flight: with
+    // Nagle's algorithm one would wait for the client's (delayed, up to
+    // 40 ms) ACK of the one before. nginx sets TCP_NODELAY when a connection
+    // goes keep-alive, which an upgraded one never does; its proxy sets it
+    // on upgrade, as here.
+    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(ngx_http_get_module_loc_conf(r, ngx_http_core_module));
+    if (clcf->tcp_nodelay && ngx_tcp_nodelay(c) != NGX_OK) {
+        return NGX_ERROR;
+    }
     c->read->handler = on_read;
     c->write->handler = on_write;
     // Reload and quit close idle connections through their handler: this

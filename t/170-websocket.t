@@ -33,6 +33,7 @@ use Test::Nginx::Recording;
 use Test::Nginx::WebSocket;
 use JSON::PP ();
 use POSIX ();
+use Socket ();
 use Time::HiRes qw(time sleep);
 
 plan('no_plan');
@@ -1015,6 +1016,71 @@ section('20. ping flood, nothing read', sub {
     my $other = open_ws("$t: another connection");
     ws_send_text($other, batch('after-flood', 0));
     is(next_text($other), queued(1), "$t: the worker goes on");
+    no_crash($t);
+    ok(stop_nginx(), "$t: nginx stops gracefully");
+});
+
+# ---------------------------------------------------------------------------
+# 21. TCP_NODELAY on the upgraded connection (as nginx's proxy sets it on
+#     upgrade; `tcp_nodelay off` keeps it off): read off the worker's own
+#     socket with pidfd_getfd.
+# ---------------------------------------------------------------------------
+
+# The worker's socket of our connection $sock, as a handle of ours; undef
+# where the kernel has no pidfd_getfd (before Linux 5.6) or this is not
+# x86-64.
+sub worker_socket {
+    my ($worker, $sock) = @_;
+    my ($pidfd_open, $pidfd_getfd) = (434, 438);   # x86-64 and most others
+    return undef unless (POSIX::uname())[4] =~ /^(?:x86_64|aarch64)$/;
+    my $port = $sock->sockport;
+    my $inode;
+    for my $table ('/proc/net/tcp', '/proc/net/tcp6') {
+        open my $fh, '<', $table or next;
+        while (<$fh>) {
+            my @f = split;
+            $inode = $f[9] if ($f[2] // '') =~ /:([0-9A-F]{4})$/ && hex($1) == $port;
+        }
+    }
+    return undef unless $inode;
+    opendir my $dh, "/proc/$worker/fd" or return undef;
+    my ($target) = grep { (readlink("/proc/$worker/fd/$_") // '') eq "socket:[$inode]" } readdir $dh;
+    return undef unless defined $target;
+    my $pidfd = syscall($pidfd_open, $worker + 0, 0);
+    return undef if $pidfd < 0;
+    my $fd = syscall($pidfd_getfd, $pidfd, $target + 0, 0);
+    POSIX::close($pidfd);
+    return undef if $fd < 0;
+    open my $copy, '+<&=', $fd or return undef;
+    return $copy;
+}
+
+sub nodelay_of {
+    my ($t) = @_;
+    my ($worker) = grep { /^\d+$/ } split /\s+/, `pgrep -P @{[master_pid()]}`;
+    my $ws = open_ws($t);
+    ws_send_text($ws, batch('nodelay', 0));
+    is(next_text($ws), queued(1), "$t: a message queued");
+    my $copy = worker_socket($worker, $ws->{sock});
+    my $value = $copy ? unpack('i', getsockopt($copy, Socket::IPPROTO_TCP(), Socket::TCP_NODELAY()) // pack('i', -1))
+                      : undef;
+    close $copy if $copy;
+    ws_disconnect($ws);
+    return $value;
+}
+
+section('21. TCP_NODELAY', sub {
+    my $t = '21. TCP_NODELAY';
+    start_ws();
+    my $on = nodelay_of($t);
+  SKIP: {
+        skip "$t: no pidfd_getfd here", 2 unless defined $on;
+        ok($on, "$t: the worker's socket of an upgraded connection has TCP_NODELAY");
+        ok(stop_nginx(), "$t: nginx stops gracefully");
+        start_ws(http => "tcp_nodelay off;\n");
+        my $off = nodelay_of("$t, tcp_nodelay off");
+        is($off, 0, "$t: with tcp_nodelay off, it stays off");
+    }
     no_crash($t);
     ok(stop_nginx(), "$t: nginx stops gracefully");
 });
