@@ -17,6 +17,7 @@
 #include "ngx_http_recording_stats.h"
 #include "ngx_http_recording_status.h"
 #include "ngx_http_recording_websocket.h"
+#include "memory_policy.h"
 
 namespace {
 
@@ -475,6 +476,12 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept
     ngx_http_recording_main_conf_t *rmcf = cycle_main_conf(cycle);
     if (rmcf == nullptr) {
         return NGX_OK;
+    }
+    // A snapshot's large blocks reused from one batch to the next, not
+    // mapped afresh (memory_policy.h).
+    if (!recording::keep_freed_memory()) {
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                      "recording: the allocator keeps its defaults: large batches cost page faults");
     }
     auto **servers = static_cast<ngx_http_recording_redis_server_t **>(rmcf->servers.elts);
     for (ngx_uint_t i = 0; i < rmcf->servers.nelts; i++) {
