@@ -5,7 +5,8 @@
 # and before the LREM, and before the rename of a rewritten file; the
 # other gets SIGKILL from outside at random moments. The queues hold what the module would push, plus
 # what makes a storage worker's life hard: duplicates (the same element
-# twice), batches out of seq order, two page views of a session at once,
+# twice, and resends: the same batch again with another _ingest, as a
+# recorder sends it over a new WebSocket), batches out of seq order, two page views of a session at once,
 # elements with raw newlines, large ones, and garbage. In the end every
 # session's file must be exactly its batches, once each, in page-view and
 # seq order, whatever was killed when.
@@ -60,7 +61,23 @@ sub element {
          . request_id() . '"}}';
 }
 
-my (%expected, @queues);   # "site/session" => [lines in order]; queue lists
+# The same batch sent again by the recorder (over another WebSocket
+# connection): the client's JSON as it was, a new request_id, later.
+sub resend {
+    my ($element) = @_;
+    my $rid = request_id();
+    $element =~ s/"received_at":(\d+)/'"received_at":' . ($1 + 1000)/e or die;
+    $element =~ s/"request_id":"[0-9a-f]+"/"request_id":"$rid-2"/ or die;
+    return $element;
+}
+
+# The line of an element in a session's file.
+sub file_line { (my $l = $_[0]) =~ tr/\r\n/  /; return "$l\n" }
+
+# "site/session" => [lines in order]; queue lists; resend's line => the
+# line of the batch it repeats (whichever copy a worker takes first is the
+# one written: two workers, or a worker killed holding the original).
+my (%expected, @queues, %original_of);
 for my $s (1 .. 40) {
     my $site = 1 + $s % 3;
     my $session = sprintf 'sess-%02d-%04x', $s, int rand 65536;
@@ -83,11 +100,14 @@ for my $s (1 .. 40) {
         push @arrival, shift @{ $sent[$i] };
         splice @sent, $i, 1 unless @{ $sent[$i] };
     }
-    # Duplicates: the same element again, a little later.
+    # Duplicates, a little later: the same element again (a spool
+    # replay), or a resend of the batch (a new _ingest).
     for my $i (reverse 0 .. $#arrival) {
         next unless rand() < 0.08;
         my $at = $i + 1 + int rand 3;
-        splice @arrival, ($at > @arrival ? scalar @arrival : $at), 0, $arrival[$i];
+        my $dup = rand() < 0.5 ? $arrival[$i] : resend($arrival[$i]);
+        $original_of{ file_line($dup) } = file_line($arrival[$i]);
+        splice @arrival, ($at > @arrival ? scalar @arrival : $at), 0, $dup;
     }
     # Sessions share queues; each keeps its own order in its queue.
     my $q = $queues[$s % $SHARDS] //= [];
@@ -175,6 +195,68 @@ for my $point (qw(after-pop mid-write after-write before-rename)) {
 }
 like(slurp("$logs/crash-mid-write.log"), qr/cutting off a torn last line/,
      'the torn line left by mid-write was cut off');
+
+# ---------------------------------------------------------------------------
+# Resends: a batch is (session_id, page_id, seq), whatever its _ingest. The
+# queue gets seq 0 and 1 of page view p, seq 0 again with another
+# request_id (resent on a new connection), seq 0 of another page view q
+# (the same seq, another batch), seq 2, then seq 1 resent; a second run
+# gets seq 2 resent once more (the file is the record, across restarts);
+# a third gets seq 3 of p and its resend, and is killed after writing seq
+# 3 (in its place, before q: a rewrite); its restart finds seq 3 in its
+# processing list and then the resend, both already written.
+# ---------------------------------------------------------------------------
+
+{
+    my $t = 1_900_000_000_000;
+    my @p = map { element(site => 1, session => 'resends', page => 'p', seq => $_, ts => $t + $_ * 1000) } 0 .. 3;
+    my $q = element(site => 1, session => 'resends', page => 'q', seq => 0, ts => $t + 500);
+    redis_cmd('FLUSHALL');
+    redis_cmd('RPUSH', 'recording:queue:0', $p[0], $p[1], resend($p[0]), $q, $p[2], resend($p[1]));
+    my $dir = File::Temp::tempdir('storage-worker-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+    is(reaped(start_worker('resends', '', $dir), 0), 0, 'resends: the worker drains and exits 0')
+        or diag(slurp("$logs/resends.log"));
+    my $want = join '', map { (my $l = $_) =~ tr/\r\n/  /; "$l\n" } $p[0], $p[1], $p[2], $q;
+    is(slurp("$dir/1/resends.jsonl"), $want,
+       'resends: page view p seq 0, 1, 2 once each (the first copy), then q seq 0');
+    like(slurp("$logs/resends.log"), qr/4 written, 2 duplicates dropped/, 'resends: 2 dropped as duplicates');
+    redis_cmd('RPUSH', 'recording:queue:2', resend($p[2]));
+    is(reaped(start_worker('resends', '', $dir), 0), 0, 'resends: a second run exits 0');
+    is(slurp("$dir/1/resends.jsonl"), $want, 'resends: seq 2 resent later is dropped too');
+    redis_cmd('RPUSH', 'recording:queue:1', $p[3], resend($p[3]));
+    my $st = reaped(start_worker('resends', 'after-write=1', $dir), 0);
+    is($st & 127, 9, 'resends: the third run dies after writing seq 3');
+    is(reaped(start_worker('resends', '', $dir), 0), 0, 'resends: restarted, it drains and exits 0');
+    $want = join '', map { (my $l = $_) =~ tr/\r\n/  /; "$l\n" } @p, $q;
+    is(slurp("$dir/1/resends.jsonl"), $want, 'resends: p seq 0 to 3, then q, each once');
+}
+
+# A file from a worker that dropped duplicates by request_id only: seq 1
+# in it twice. A third copy is dropped; a page view that started earlier
+# (a rewrite) goes first and the two old copies stay, in their order. And
+# page_id 5 (a number) is not page_id "5".
+{
+    my $t = 1_950_000_000_000;
+    my @p = map { element(site => 1, session => 'legacy', page => 'p', seq => $_, ts => $t + $_ * 1000) } 0, 1;
+    my $again = resend($p[1]);
+    my $r = element(site => 1, session => 'legacy', page => 'r', seq => 0, ts => $t - 1000);
+    my @five = (element(site => 1, session => 'five', page => 5, seq => 0, ts => $t),
+                element(site => 1, session => 'five', page => '5', seq => 0, ts => $t + 10_000));
+    my $dir = File::Temp::tempdir('storage-worker-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+    mkdir "$dir/1" or die;
+    open my $fh, '>:raw', "$dir/1/legacy.jsonl" or die;
+    print $fh map { file_line($_) } $p[0], $p[1], $again;
+    close $fh;
+    redis_cmd('FLUSHALL');
+    redis_cmd('RPUSH', 'recording:queue:0', resend($p[1]), $r, @five);
+    is(reaped(start_worker('legacy', '', $dir), 0), 0, 'legacy file: the worker drains and exits 0')
+        or diag(slurp("$logs/legacy.log"));
+    is(slurp("$dir/1/legacy.jsonl"), join('', map { file_line($_) } $r, $p[0], $p[1], $again),
+       'legacy file: r goes first, seq 1 stays twice as it was, no third copy');
+    is(slurp("$dir/1/five.jsonl"), join('', map { file_line($_) } @five),
+       'page_id 5 and "5" are two page views');
+}
+redis_cmd('FLUSHALL');
 redis_cmd('FLUSHALL');
 
 # ---------------------------------------------------------------------------
@@ -261,6 +343,7 @@ for my $name (qw(w1 w2)) {
 my (@missing, @wrong);
 for my $key (sort keys %expected) {
     my $got = slurp("$out/$key.jsonl");
+    $got = join '', map { $original_of{$_} // $_ } split /(?<=\n)/, $got if defined $got;
     if (!defined $got) {
         push @missing, $key;
         next;

@@ -20,8 +20,17 @@
 //    old worker closes with 1001, the recorder reconnects and resends what
 //    was not acknowledged: every batch is in Redis at least once, in seq
 //    order once duplicates are dropped, and the page replays.
-// 5. scripts/storage-worker drains the queues: the POST session's file
-//    holds exactly its Redis elements, in page-view and seq order.
+// 5. A resend of batches Redis already has: during a WebSocket page view,
+//    Redis is stopped (SIGSTOP) while the page sends a few batches, so
+//    their acknowledgements wait; once the module's RPUSH of the first is
+//    in Redis's socket, our nginx's workers get SIGKILL (the socket drops
+//    without a close frame), and Redis goes on (SIGCONT), running that
+//    RPUSH. The recorder reconnects and sends the unacknowledged batches
+//    again: Redis holds the first of them twice.
+// 6. scripts/storage-worker drains the queues: the POST session's file
+//    holds exactly its Redis elements, in page-view and seq order; the
+//    files of the two reconnecting page views hold each batch once, in seq
+//    order, as the browser sent it.
 import { createRequire } from 'node:module';
 import { gunzipSync } from 'node:zlib';
 import { spawnSync } from 'node:child_process';
@@ -43,6 +52,7 @@ const env = (name) => {
 const INGEST = env('E2E_INGEST');
 const PAGES = env('E2E_PAGES');
 const REDIS_PORT = Number(env('E2E_REDIS_PORT'));
+const REDIS_PID = Number(env('E2E_REDIS_PID'));
 const RUN = env('E2E_RUN');
 const DEADLINE = Date.now() + 240_000;   // scripts/e2e kills us at 280 s
 const STARTED = Date.now();
@@ -297,6 +307,113 @@ async function reconnectVisit() {
   const sent = await sentLog(page);
   await context.close();
   return { ...info, path: 'shop.html', live, sent, conns };
+}
+
+// The worker processes of our nginx: the children of the master named in
+// its pid file.
+function nginxWorkers() {
+  const master = Number(fs.readFileSync(path.join(RUN, 'logs/nginx.pid'), 'utf8'));
+  const workers = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^[0-9]+$/.test(name)) continue;
+    let stat;
+    let cmdline;
+    try {
+      stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+      cmdline = fs.readFileSync(`/proc/${name}/cmdline`, 'utf8');
+    } catch (e) {
+      continue;   // gone meanwhile
+    }
+    // "pid (comm) state ppid ...", where comm may hold anything.
+    const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(ppid) === master && state !== 'Z' && cmdline.startsWith('nginx: worker process')) {
+      workers.push(Number(name));
+    }
+  }
+  return workers;
+}
+
+// The bytes sent to Redis that it has not read (while it is stopped): the
+// receive queues of the connections on its port, from /proc/net/tcp.
+function redisUnread() {
+  const port = `:${REDIS_PORT.toString(16).toUpperCase().padStart(4, '0')}`;
+  let bytes = 0;
+  for (const line of fs.readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+    const [, local, , state, queues] = line.trim().split(/\s+/);
+    if (state === '01' && local.endsWith(port)) bytes += parseInt(queues.split(':')[1], 16);
+  }
+  return bytes;
+}
+
+// A WebSocket page view whose nginx worker dies while Redis, stopped,
+// holds the replies of its RPUSHes (see the top of this file).
+async function workerKillVisit() {
+  const { context, page } = await newContext();
+  await page.goto(`${PAGES}/shop.html?transport=ws`);
+  await onPage(page, 'shop.html');
+  const info = await page.evaluate(() => ({
+    sessionId: window.__recorder.sessionId, pageId: window.__recorder.pageId,
+  }));
+  // A batch acknowledged first: the site's settings are then in the
+  // module's cache, and the next batches need Redis only for the RPUSH.
+  await page.click('.card[data-name="spade"] button');
+  await settle(page);
+  const sentBefore = (await sentLog(page)).length;
+  const answersBefore = await page.evaluate(() => window.__answers.length);
+  const cards = ['tomato', 'carrot', 'gloves', 'watering can'];
+  let pending = [];
+  let unread = 0;
+  let answersAtKill = -1;
+  let killed = [];
+  let respawned = false;
+  process.kill(REDIS_PID, 'SIGSTOP');
+  try {
+    // Events until three more batches are on the socket.
+    let step = 0;
+    await waitFor('three batches sent while Redis is stopped', async () => {
+      await page.mouse.move(80 + (step * 131) % 1000, 120 + (step * 71) % 560, { steps: 6 });
+      if (step % 3 === 0) await page.click(`.card[data-name="${cards[(step / 3) % cards.length]}"] button`);
+      step++;
+      pending = (await sentLog(page)).slice(sentBefore);
+      return pending.length >= 3;
+    }, 30_000);
+    // The module took the first and wrote its RPUSH (the element holds the
+    // batch's JSON): those bytes wait in Redis's socket.
+    await waitFor('the RPUSH of the first in Redis\'s socket',
+      () => pending.length > 0 && redisUnread() >= pending[0].json.length);
+    unread = redisUnread();
+    answersAtKill = await page.evaluate(() => window.__answers.length);
+    killed = nginxWorkers();
+    for (const pid of killed) process.kill(pid, 'SIGKILL');
+    // Redis goes on only once they are gone (and the master has started
+    // new ones): no reply may reach a worker that could still acknowledge.
+    respawned = await waitFor('the master to replace the killed workers', () => {
+      const now = nginxWorkers();
+      return now.length === killed.length && now.every((pid) => !killed.includes(pid));
+    });
+  } finally {
+    process.kill(REDIS_PID, 'SIGCONT');
+  }
+  // The recorder reconnects (after its 1 s backoff) and sends again what
+  // was not acknowledged; wait until every batch sent has been queued.
+  await waitFor('every batch acknowledged after the reconnect', async () => {
+    const seqs = (await sentLog(page)).map((s) => JSON.parse(s.json).seq);
+    const queued = new Set((await page.evaluate(() => window.__answers))
+      .filter((a) => a.outcome === 'queued').map((a) => a.seq));
+    return seqs.every((seq) => queued.has(seq));
+  }, 30_000);
+  const answers = await page.evaluate(() => window.__answers);
+  // No click after this: Playwright would scroll the target into view.
+  const live = await liveSummary(page);
+  const conns = await wsLog(page);
+  await page.goto(`${PAGES}/replay.html`);
+  const sent = await sentLog(page);
+  await context.close();
+  return {
+    ...info, path: 'shop.html', live, sent, conns, answers, sentBefore, answersBefore,
+    pending: pending.map((s) => JSON.parse(s.json).seq), firstBytes: pending[0] && pending[0].json.length,
+    unread, answersAtKill, killed, respawned,
+  };
 }
 
 // A visit to a site whose first answer stops the recorder: two page views.
@@ -622,8 +739,81 @@ function checkReconnect(visit, elements) {
   return mine.filter((e, i) => mine.findIndex((o) => o.doc.seq === e.doc.seq) === i);
 }
 
+// The page view whose nginx worker was killed with batches unacknowledged.
+function checkWorkerKill(visit, elements) {
+  console.log(`\n# site 1 over WebSocket, nginx's workers killed with batches unacknowledged: session ${visit.sessionId}`);
+  const { sent, conns, pending } = visit;
+  const docs = sent.map((s) => JSON.parse(s.json));
+  check(pending.length >= 3 && visit.answersAtKill === visit.answersBefore,
+    `Redis stopped: ${pending.length} batches (seq ${pending.join(', ')}) went on the socket, none acknowledged`,
+    `answers before ${visit.answersBefore}, at the kill ${visit.answersAtKill}`);
+  check(visit.unread >= visit.firstBytes,
+    `the module had sent the RPUSH of seq ${pending[0]}: ${visit.unread} bytes unread in Redis's socket `
+    + `(its JSON: ${visit.firstBytes})`);
+  check(visit.killed.length >= 1 && visit.respawned,
+    `SIGKILL to our nginx's ${visit.killed.length} workers, which its master replaced`, visit.killed.join(' '));
+  check(conns.length >= 2 && conns[0].opened && conns[0].code === 1006 && conns.slice(1).every((c) => c.opened),
+    'the socket dropped without a close frame (1006), the recorder opened another', JSON.stringify(conns));
+  // What went on the later connections, in order: first the batches left
+  // unacknowledged, then the rest.
+  const later = sent.map((s, i) => (s.transport === 'websocket' && s.conn > 0 ? docs[i].seq : null))
+    .filter((seq) => seq !== null);
+  check(same(later.slice(0, pending.length), pending),
+    `the unacknowledged batches were sent again, in seq order, first on the new connection`,
+    `on later connections: ${later}`);
+  const resentQueued = pending.every((seq) => visit.answers.some((a) => a.seq === seq && a.outcome === 'queued'));
+  check(resentQueued, 'and acknowledged queued there', JSON.stringify(visit.answers));
+
+  const mine = elements.filter((e) => e.doc.session_id === visit.sessionId);
+  const last = Math.max(...docs.map((d) => d.seq));
+  const counts = new Map();
+  for (const e of mine) counts.set(e.doc.seq, (counts.get(e.doc.seq) || 0) + 1);
+  const twice = [...counts].filter(([, n]) => n > 1).map(([seq]) => seq);
+  const firstCopies = mine.filter((e) => e.doc.seq === pending[0]).map((e) => splitIngest(e.raw));
+  check(counts.get(pending[0]) === 2 && firstCopies.every(Boolean)
+    && firstCopies[0].ingest.request_id !== firstCopies[1].ingest.request_id,
+    `Redis holds seq ${pending[0]} twice, with two request_ids: the dead worker's RPUSH and the resend `
+    + `(seqs twice: ${twice.join(', ')})`, `Redis seqs: ${mine.map((e) => e.doc.seq)}`);
+  check(last >= pending[pending.length - 1] && [...Array(last + 1).keys()].every((seq) => counts.has(seq))
+    && [...counts.values()].every((n) => n <= 2),
+    `every batch (seq 0..${last}) is in Redis, none more than twice`, `Redis seqs: ${mine.map((e) => e.doc.seq)}`);
+  const bySeq = new Map();
+  sent.forEach((s, i) => bySeq.set(docs[i].seq, s.json));
+  const differing = mine.filter((e) => {
+    const parts = splitIngest(e.raw);
+    return !parts || !parts.client.equals(bySeq.get(e.doc.seq));
+  });
+  check(differing.length === 0 && mine.every((e) => e.doc.page_id === visit.pageId),
+    'each element (both copies too) is the browser\'s JSON of its seq, byte for byte', `${differing.length} differ`);
+  facts.push(`worker kill: ${pending.length} batches unacknowledged, ${visit.unread} bytes unread by Redis, `
+    + `${visit.killed.length} workers killed, ${conns.length} connections, ${sent.length} messages for `
+    + `${last + 1} batches, ${mine.length} elements in Redis (seq ${twice.join(', ')} twice)`);
+  return mine.filter((e, i) => mine.findIndex((o) => o.doc.seq === e.doc.seq) === i);
+}
+
+// A page view's file from the storage worker: each of its batches once, in
+// seq order, the browser's JSON apart from _ingest.
+function checkStoredOnce(out, visit, what) {
+  const file = path.join(out, '1', `${visit.sessionId}.jsonl`);
+  const lines = fs.existsSync(file) ? fs.readFileSync(file).toString('utf8').split('\n') : [];
+  const lastEmpty = lines.pop() === '';
+  const bySeq = new Map();
+  for (const s of visit.sent) bySeq.set(JSON.parse(s.json).seq, s.json);
+  const stored = lines.map((line) => {
+    const raw = Buffer.from(line, 'utf8');
+    const parts = splitIngest(raw);
+    const doc = JSON.parse(line);
+    return { seq: doc.seq, same: Boolean(parts) && doc.page_id === visit.pageId
+      && parts.client.equals(bySeq.get(doc.seq) || Buffer.alloc(0)) };
+  });
+  check(lastEmpty && same(stored.map((b) => b.seq), [...Array(bySeq.size).keys()]) && stored.every((b) => b.same),
+    `${path.relative(RUN, file)} (${what}): seq 0..${bySeq.size - 1} once each, in order, `
+    + 'the browser\'s JSON byte for byte apart from _ingest',
+    `seqs: ${stored.map((b) => b.seq)}; differing: ${stored.filter((b) => !b.same).map((b) => b.seq)}`);
+}
+
 // scripts/storage-worker drains the queues into files.
-async function checkStorageWorker(redis, session, elements, sessions) {
+async function checkStorageWorker(redis, session, elements, sessions, resent) {
   console.log('\n# storage worker');
   const out = path.join(RUN, 'out');
   const started = Date.now();
@@ -647,6 +837,7 @@ async function checkStorageWorker(redis, session, elements, sessions) {
   const files = fs.readdirSync(out, { recursive: true }).filter((f) => f.endsWith('.jsonl'));
   check(files.length === sessions, `${sessions} files, one per site 1 session: the sampled-out, disabled, `
     + 'unknown and over-budget visits have none', files.join(' '));
+  for (const [visit, what] of resent) checkStoredOnce(out, visit, what);
   facts.push(`storage worker: ${lines.length} batches into ${files.length} file in ${Date.now() - started} ms`);
 }
 
@@ -679,6 +870,13 @@ try {
   const seqsOf = (v) => new Set(v.sent.map((s) => JSON.parse(s.json).seq)).size;
   await waitFor('every batch in Redis',
     async () => (await queueElements(redis)).length >= visit.sent.length + wsVisit.sent.length + seqsOf(reconnect));
+  const killVisit = await workerKillVisit();
+  const killSeqs = seqsOf(killVisit);
+  await waitFor('every batch of the worker kill in Redis, the first unacknowledged one twice', async () => {
+    const theirs = (await queueElements(redis)).filter((e) => e.doc.session_id === killVisit.sessionId);
+    return new Set(theirs.map((e) => e.doc.seq)).size >= killSeqs
+      && theirs.filter((e) => e.doc.seq === killVisit.pending[0]).length >= 2;
+  });
   const elements = await queueElements(redis);
 
   const mine = checkRecordedVisit(visit, elements);
@@ -703,6 +901,8 @@ try {
 
   const reMine = checkReconnect(reconnect, elements);
   await checkReplay([reconnect], reMine);
+  const killMine = checkWorkerKill(killVisit, elements);
+  await checkReplay([killVisit], killMine);
 
   console.log('\n# the module');
   // site 3: a POST, and over WebSocket the refused upgrade and the POST.
@@ -713,7 +913,8 @@ try {
     JSON.stringify({ preflights: status.preflights, batches: status.batches }));
   facts.push(`module: ${status.preflights} CORS preflight(s), ${status.batches.queued} queued`);
 
-  await checkStorageWorker(redis, visit.views[0].sessionId, mine, 3);
+  await checkStorageWorker(redis, visit.views[0].sessionId, mine, 4,
+    [[reconnect, 'the nginx reload'], [killVisit, 'the workers killed']]);
 } catch (e) {
   check(false, 'the test ran to its end', e.stack);
 } finally {
