@@ -468,6 +468,17 @@ function splitIngest(raw) {
   };
 }
 
+// The elements whose client bytes are not what the browser sent for their
+// seq (each sent message's JSON, by seq; a resend is the same JSON).
+function notAsSent(elements, sent) {
+  const bySeq = new Map();
+  for (const s of sent) bySeq.set(JSON.parse(s.json).seq, s.json);
+  return elements.filter((e) => {
+    const parts = splitIngest(e.raw);
+    return !parts || !parts.client.equals(bySeq.get(e.doc.seq));
+  });
+}
+
 // --- the checks ---------------------------------------------------------------
 
 function checkRecordedVisit(visit, elements) {
@@ -723,12 +734,7 @@ function checkReconnect(visit, elements) {
   check(last >= 2 && same(firstSeen, [...Array(last + 1).keys()]),
     `every batch (seq 0..${last}) is in Redis at least once, in seq order once duplicates are dropped`,
     `Redis seqs: ${mine.map((e) => e.doc.seq)}`);
-  const bySeq = new Map();
-  sent.forEach((s, i) => bySeq.set(docs[i].seq, s.json));
-  const differing = mine.filter((e) => {
-    const parts = splitIngest(e.raw);
-    return !parts || !parts.client.equals(bySeq.get(e.doc.seq));
-  });
+  const differing = notAsSent(mine, sent);
   check(differing.length === 0 && mine.every((e) => e.doc.page_id === visit.pageId),
     'each element is the browser\'s JSON of its seq, byte for byte', `${differing.length} differ`);
   const resent = sent.length - new Set(docs.map((d) => d.seq)).size;
@@ -777,12 +783,7 @@ function checkWorkerKill(visit, elements) {
   check(last >= pending[pending.length - 1] && [...Array(last + 1).keys()].every((seq) => counts.has(seq))
     && [...counts.values()].every((n) => n <= 2),
     `every batch (seq 0..${last}) is in Redis, none more than twice`, `Redis seqs: ${mine.map((e) => e.doc.seq)}`);
-  const bySeq = new Map();
-  sent.forEach((s, i) => bySeq.set(docs[i].seq, s.json));
-  const differing = mine.filter((e) => {
-    const parts = splitIngest(e.raw);
-    return !parts || !parts.client.equals(bySeq.get(e.doc.seq));
-  });
+  const differing = notAsSent(mine, sent);
   check(differing.length === 0 && mine.every((e) => e.doc.page_id === visit.pageId),
     'each element (both copies too) is the browser\'s JSON of its seq, byte for byte', `${differing.length} differ`);
   facts.push(`worker kill: ${pending.length} batches unacknowledged, ${visit.unread} bytes unread by Redis, `
