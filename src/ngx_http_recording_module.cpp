@@ -480,7 +480,7 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept
     // A snapshot's large blocks reused from one batch to the next, not
     // mapped afresh (memory_policy.h).
     if (!recording::keep_freed_memory()) {
-        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+        ngx_log_error(NGX_LOG_INFO, cycle->log, 0,
                       "recording: the allocator keeps its defaults: large batches cost page faults");
     }
     auto **servers = static_cast<ngx_http_recording_redis_server_t **>(rmcf->servers.elts);
