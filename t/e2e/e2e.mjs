@@ -32,12 +32,12 @@
 //    files of the two reconnecting page views hold each batch once, in seq
 //    order, as the browser sent it.
 import { createRequire } from 'node:module';
-import { gunzipSync } from 'node:zlib';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as resp from './resp.mjs';
+import { sentLog, splitIngest } from './batches.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, '../..');
@@ -119,19 +119,11 @@ function domSummary(doc) {
 }
 const liveSummary = (page) => page.evaluate(`(${domSummary})(document)`);
 
-// The bodies the recorder handed to fetch, as logged by boot.js in
-// sessionStorage: [{page, encoding, keepalive, unloading, overlaps, json,
-// bytes}].
+// The WebSockets the recorder opened, as logged by boot.js in
+// sessionStorage: [{page, opened, code}] (sentLog, in batches.mjs: the
+// bodies it sent).
 async function wsLog(page) {
   return page.evaluate(() => JSON.parse(sessionStorage.getItem('e2e-ws') || '[]'));
-}
-async function sentLog(page) {
-  const log = await page.evaluate(() => JSON.parse(sessionStorage.getItem('e2e-sent') || '[]'));
-  return log.map((e) => {
-    const bytes = e.text !== null ? Buffer.from(e.text, 'utf8') : Buffer.from(e.base64, 'base64');
-    const json = e.encoding === 'gzip' ? gunzipSync(bytes) : bytes;
-    return { ...e, bytes, json };
-  });
 }
 
 // POSTs to the module seen on the network: body bytes and answer.
@@ -453,19 +445,6 @@ async function queueElements(redis) {
     }
   }
   return elements;
-}
-
-// The module appends `,"_ingest":{...}` as the last member of the client's
-// object: what comes before it must be the client's bytes.
-function splitIngest(raw) {
-  const text = raw.toString('utf8');
-  const at = text.lastIndexOf(',"_ingest":{');
-  if (at < 0 || !text.endsWith('}}')) return null;
-  return {
-    client: Buffer.concat([raw.subarray(0, Buffer.byteLength(text.slice(0, at))), Buffer.from('}')]),
-    ingest: JSON.parse(text.slice(at + ',"_ingest":'.length, -1)),
-    ingestText: text.slice(at + ',"_ingest":'.length, -1),
-  };
 }
 
 // The elements whose client bytes are not what the browser sent for their
