@@ -1,6 +1,7 @@
 // Starts the recorder on the e2e pages. The ingest origin comes from
 // /e2e-config.js (written by scripts/e2e, as nginx serves these pages on
-// another port than the module), the site id from ?site=N (default 1).
+// another port than the module), the site id from ?site=N (default 1),
+// the transport from ?transport=ws, the flush interval from ?flush=MS.
 (function () {
   'use strict';
   const params = new URLSearchParams(location.search);
@@ -96,7 +97,9 @@
   window.__answers = [];
   window.__recorder = RecordingRecorder.start({
     endpoint: window.E2E_INGEST + '/v1/sites/' + site + '/recordings',
-    flushInterval: 700,   // several batches per page in a short test
+    // Several batches per page in a short test; ?flush=MS for another
+    // pace (scripts/record-payloads uses the recorder's default, 5000).
+    flushInterval: Number(params.get('flush')) || 700,
     onBatch: (answer) => window.__answers.push(answer),
     transport: params.get('transport') === 'ws' ? 'websocket' : 'post',
   });
