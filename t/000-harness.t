@@ -10,7 +10,7 @@ use IO::Uncompress::Gunzip ();
 use Compress::Zlib ();
 use Compress::Raw::Zlib ();
 
-plan tests => planned_tests() + 32;
+plan tests => planned_tests() + 34;
 
 run_tests();
 
@@ -51,9 +51,13 @@ like(error_log_text(), qr/unknown directive "no_such_directive"/, 'error_log_tex
 is(http_request(uri => '/p')->{body}, 'two', 'old config still serves');
 
 # A crashed worker is what the default per-block check looks for.
-my ($worker) = Test::Nginx::Recording::_children(
-    0 + do { open my $fh, '<', servroot() . '/logs/nginx.pid' or die $!; <$fh> });
-ok($worker, 'found a worker process');
+is(nginx_master_pid(), 0 + do { open my $fh, '<', servroot() . '/logs/nginx.pid' or die $!; <$fh> },
+   'nginx_master_pid is the pid nginx wrote');
+my @workers = nginx_worker_pids();
+is(scalar @workers, 1, 'nginx_worker_pids: the one worker');
+my $worker = $workers[0];
+ok((grep { $_ == $worker } Test::Nginx::Recording::_children(nginx_master_pid())),
+   'found a worker process, a child of the master');
 kill SEGV => $worker;
 my $until = time + 5;
 sleep 1 while time < $until && error_log_text() !~ /exited on signal/;

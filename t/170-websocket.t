@@ -273,12 +273,6 @@ sub read_to_end_in_child {
     });
 }
 
-sub master_pid {
-    open my $fh, '<', servroot() . '/logs/nginx.pid' or die "no nginx.pid: $!\n";
-    my $pid = <$fh>;
-    chomp $pid;
-    return $pid;
-}
 
 # ---------------------------------------------------------------------------
 # 0. The client on its own: RFC 6455's examples.
@@ -746,7 +740,7 @@ section('12. graceful quit', sub {
             or diag("opcode $early->{opcode}: $early->{payload}");
         $ws->{error} = undef;
         $wait = read_to_end_in_child($ws);
-        kill QUIT => master_pid();
+        kill QUIT => nginx_master_pid();
         ok(poll_until(10, sub { error_log_text() =~ /gracefully shutting down/ }),
            "$t2: the worker is shutting down with the message pending");
         1;
@@ -994,7 +988,7 @@ section('19. access log', sub {
 section('20. ping flood, nothing read', sub {
     my $t = '20. ping flood, nothing read';
     start_ws();
-    my ($worker) = grep { /^\d+$/ } split /\s+/, `pgrep -P @{[master_pid()]}`;
+    my ($worker) = nginx_worker_pids();
     my $rss = sub {
         open my $fh, '<', "/proc/$worker/status" or return 0;
         my ($kb) = map { /^VmRSS:\s+(\d+)/ ? $1 : () } <$fh>;
@@ -1057,7 +1051,7 @@ sub worker_socket {
 
 sub nodelay_of {
     my ($t) = @_;
-    my ($worker) = grep { /^\d+$/ } split /\s+/, `pgrep -P @{[master_pid()]}`;
+    my ($worker) = nginx_worker_pids();
     my $ws = open_ws($t);
     ws_send_text($ws, batch('nodelay', 0));
     is(next_text($ws), queued(1), "$t: a message queued");

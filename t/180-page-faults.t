@@ -4,7 +4,7 @@
 # Counted, not timed: the worker's minor page faults per snapshot, read from
 # /proc/PID/stat.
 use lib 't/lib';
-use Test::Nginx::Recording 'no_plan';
+use Test::Nginx::Recording;
 
 Test::More::plan(skip_all => 'page faults are not the allocator\'s under valgrind') if use_valgrind();
 
@@ -22,12 +22,7 @@ my $doc = qq({"session_id":"faults","seq":0,"events":[{"type":2,"timestamp":1700
 my $body = gzip_bytes($doc);
 my $pages = int(length($doc) / 4096);
 
-sub worker_pid {
-    open my $fh, '<', servroot() . '/logs/nginx.pid' or die "no nginx.pid\n";
-    chomp(my $master = <$fh>);
-    my ($worker) = grep { /^\d+$/ } split /\s+/, `pgrep -P $master`;
-    return $worker;
-}
+sub worker_pid { return (nginx_worker_pids())[0] }
 
 sub minor_faults {
     my ($pid) = @_;
@@ -58,3 +53,4 @@ cmp_ok($faults / 30, '<', $pages / 10,
        "fewer than a tenth of a document's $pages pages fault per snapshot");
 
 ok(stop_nginx(), 'nginx stops gracefully');
+Test::More::done_testing();

@@ -118,6 +118,7 @@ use IO::Compress::Gzip ();
 our @EXPORT = qw(
     run_tests planned_tests repeat_each add_block_preprocessor
     start_nginx start_second_nginx stop_nginx reload_nginx nginx_test http_request error_log_text
+    nginx_master_pid nginx_worker_pids
     servroot server_port html_dir
     redis_cmd redis_cmd_raw redis_port redis_start redis_stop redis_restart redis_kill
     gzip_bytes deflate_bytes raw_deflate_bytes
@@ -701,6 +702,25 @@ sub _stop_nginx {
         _wait_exit($pid, 3);
     }
     return $LAST_STOP_GRACEFUL;
+}
+
+# The running nginx's master pid (our child), undef when none runs.  Not
+# read off nginx.pid: nginx accepts connections before it writes that file,
+# and under valgrind the gap is long enough for a test to fall into it.
+sub nginx_master_pid { $NGINX_PID }
+
+# The running nginx's worker pids, waiting (as long as a start may take)
+# until the master has forked at least one: start_nginx returns once the
+# listening socket accepts, which can be before the workers exist.
+sub nginx_worker_pids {
+    die "nginx_worker_pids: nginx is not running\n" unless $NGINX_PID;
+    my $deadline = time + $START_TIMEOUT;
+    while (1) {
+        my @workers = _children($NGINX_PID);
+        return sort { $a <=> $b } @workers if @workers;
+        die "nginx_worker_pids: no worker within ${START_TIMEOUT}s\n" if time > $deadline;
+        sleep 0.05;
+    }
 }
 
 # SIGHUP the master (after rewriting the config if sections are given) and
