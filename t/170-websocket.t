@@ -1020,32 +1020,35 @@ section('20. ping flood, nothing read', sub {
 #     socket with pidfd_getfd.
 # ---------------------------------------------------------------------------
 
-# The worker's socket of our connection $sock, as a handle of ours; undef
-# where the kernel has no pidfd_getfd (before Linux 5.6) or this is not
-# x86-64.
+# The worker's socket of our connection $sock, as a handle of ours; (undef,
+# why) where it cannot be had, as where the kernel has no pidfd_getfd
+# (before Linux 5.6) or this is not x86-64 or aarch64.
 sub worker_socket {
     my ($worker, $sock) = @_;
     my ($pidfd_open, $pidfd_getfd) = (434, 438);   # x86-64 and most others
-    return undef unless (POSIX::uname())[4] =~ /^(?:x86_64|aarch64)$/;
-    my $port = $sock->sockport;
+    return (undef, 'not x86-64 or aarch64') unless (POSIX::uname())[4] =~ /^(?:x86_64|aarch64)$/;
+    # The worker's end of it: from the server's port to ours, and alive
+    # (inode 0 is a closed socket in TIME_WAIT, which may share a port).
+    my ($ours, $theirs) = ($sock->sockport, $sock->peerport);
+    my $port_of = sub { ($_[0] // '') =~ /:([0-9A-F]{4})$/ ? hex($1) : -1 };
     my $inode;
     for my $table ('/proc/net/tcp', '/proc/net/tcp6') {
         open my $fh, '<', $table or next;
         while (<$fh>) {
             my @f = split;
-            $inode = $f[9] if ($f[2] // '') =~ /:([0-9A-F]{4})$/ && hex($1) == $port;
+            $inode = $f[9] if $port_of->($f[1]) == $theirs && $port_of->($f[2]) == $ours && ($f[9] // 0) != 0;
         }
     }
-    return undef unless $inode;
-    opendir my $dh, "/proc/$worker/fd" or return undef;
+    return (undef, "no socket from port $theirs to $ours in /proc/net/tcp") unless $inode;
+    opendir my $dh, "/proc/$worker/fd" or return (undef, "/proc/$worker/fd: $!");
     my ($target) = grep { (readlink("/proc/$worker/fd/$_") // '') eq "socket:[$inode]" } readdir $dh;
-    return undef unless defined $target;
+    return (undef, "socket:[$inode] is not among worker $worker's files") unless defined $target;
     my $pidfd = syscall($pidfd_open, $worker + 0, 0);
-    return undef if $pidfd < 0;
+    return (undef, "pidfd_open: $!") if $pidfd < 0;
     my $fd = syscall($pidfd_getfd, $pidfd, $target + 0, 0);
     POSIX::close($pidfd);
-    return undef if $fd < 0;
-    open my $copy, '+<&=', $fd or return undef;
+    return (undef, "pidfd_getfd: $!") if $fd < 0;
+    open my $copy, '+<&=', $fd or return (undef, "fd $fd: $!");
     return $copy;
 }
 
@@ -1055,25 +1058,26 @@ sub nodelay_of {
     my $ws = open_ws($t);
     ws_send_text($ws, batch('nodelay', 0));
     is(next_text($ws), queued(1), "$t: a message queued");
-    my $copy = worker_socket($worker, $ws->{sock});
+    my ($copy, $why) = worker_socket($worker, $ws->{sock});
     my $value = $copy ? unpack('i', getsockopt($copy, Socket::IPPROTO_TCP(), Socket::TCP_NODELAY()) // pack('i', -1))
                       : undef;
     close $copy if $copy;
     ws_disconnect($ws);
-    return $value;
+    return ($value, $why);
 }
 
 section('21. TCP_NODELAY', sub {
     my $t = '21. TCP_NODELAY';
     start_ws();
-    my $on = nodelay_of($t);
+    my ($on, $why) = nodelay_of($t);
   SKIP: {
-        skip "$t: no pidfd_getfd here", 2 unless defined $on;
+        skip "$t: the worker's socket not read ($why)", 2 unless defined $on;
         ok($on, "$t: the worker's socket of an upgraded connection has TCP_NODELAY");
         ok(stop_nginx(), "$t: nginx stops gracefully");
         start_ws(http => "tcp_nodelay off;\n");
-        my $off = nodelay_of("$t, tcp_nodelay off");
-        is($off, 0, "$t: with tcp_nodelay off, it stays off");
+        my ($off, $why_off) = nodelay_of("$t, tcp_nodelay off");
+        is($off, 0, "$t: with tcp_nodelay off, it stays off") or Test::More::diag("the worker's socket not read: "
+                                                                                   . ($why_off // 'it was'));
     }
     no_crash($t);
     ok(stop_nginx(), "$t: nginx stops gracefully");
