@@ -142,6 +142,9 @@ void fall_back(std::unique_ptr<Batch> batch, bool unconfirmed = false) noexcept
 // The RPUSH of one batch, in flight.
 class PushCall final : public RedisCall {
 public:
+    // The batch, and so its command's bytes, lives until the reply.
+    PushCall() noexcept { command_kept = true; }
+
     std::unique_ptr<Batch> batch;
 
     void on_reply(const redisReply *reply) noexcept override

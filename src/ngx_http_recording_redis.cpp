@@ -31,9 +31,6 @@ namespace {
 constexpr size_t kReadSize = 16384;
 u_char read_buffer[kReadSize];  // a worker has one thread: shared by every client
 
-// Written bytes kept at the front of the queue before it is compacted.
-constexpr size_t kCompactAt = 1024 * 1024;
-
 // A pool for what nginx's OpenSSL layer allocates per connection.
 constexpr size_t kTlsPoolSize = 1024;
 
@@ -102,7 +99,7 @@ bool RedisClient::send(std::string_view command, RedisCall *call, const RedisTim
     bool held = login_replies_ != 0;
     try {
         pending_.push_back({call, held ? kHeld : queued_, command.size(), timeouts.reply});
-        (held ? held_ : out_).append(command);
+        (held ? held_ : out_).append(command, call->command_kept);
     } catch (const std::bad_alloc &) {
         if (!pending_.empty() && pending_.back().call == call) {
             pending_.pop_back();  // the append failed, not the push
@@ -148,16 +145,18 @@ bool RedisClient::connect(ngx_msec_t timeout) noexcept
 bool RedisClient::queue_login() noexcept
 {
     login_replies_ = 0;
+    out_.clear();
     try {
         if (login_.password.len != 0) {
             std::string_view password = ngx_http_recording_view(login_.password);
-            out_ = login_.user.len != 0
-                       ? recording::format_command({"AUTH", ngx_http_recording_view(login_.user), password})
-                       : recording::format_command({"AUTH", password});
+            out_.append(login_.user.len != 0
+                            ? recording::format_command({"AUTH", ngx_http_recording_view(login_.user), password})
+                            : recording::format_command({"AUTH", password}),
+                        false);
             login_replies_++;
         }
         if (login_.db >= 0) {
-            out_ += recording::format_command({"SELECT", std::to_string(login_.db)});
+            out_.append(recording::format_command({"SELECT", std::to_string(login_.db)}), false);
             login_replies_++;
         }
     } catch (const std::bad_alloc &) {
@@ -347,21 +346,15 @@ void RedisClient::schedule_write() noexcept
 void RedisClient::write_out() noexcept
 {
     ngx_connection_t *c = connection_;
-    while (written_in_out_ < out_.size()) {
-        ssize_t n = c->send(c, reinterpret_cast<u_char *>(out_.data()) + written_in_out_,
-                            out_.size() - written_in_out_);
+    while (!out_.empty()) {
+        std::string_view next = out_.front();
+        ssize_t n = c->send(c, reinterpret_cast<u_char *>(const_cast<char *>(next.data())), next.size());
         if (n > 0) {
-            written_in_out_ += static_cast<size_t>(n);
+            out_.consume(static_cast<size_t>(n));
             written_ += static_cast<uint64_t>(n);
             continue;
         }
         if (n == NGX_AGAIN) {
-            // While Redis reads slowly, what it took is let go of, not kept
-            // until the queue drains.
-            if (written_in_out_ >= kCompactAt && written_in_out_ * 2 >= out_.size()) {
-                out_.erase(0, written_in_out_);
-                written_in_out_ = 0;
-            }
             if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
                 fail("connection lost", 0, false);
             }
@@ -370,8 +363,6 @@ void RedisClient::write_out() noexcept
         fail("connection lost", 0, false);  // nginx logged why, at [info]
         return;
     }
-    out_.clear();  // keeps its capacity for the next commands
-    written_in_out_ = 0;
     // select and poll report a registered write event at every turn.
     if (!(ngx_event_flags & NGX_USE_CLEAR_EVENT) && ngx_handle_write_event(c->write, 0) != NGX_OK) {
         fail("connection lost", 0, false);
@@ -458,7 +449,7 @@ bool RedisClient::deliver(const redisReply *reply) noexcept
 void RedisClient::release_held() noexcept
 {
     try {
-        out_.append(held_);
+        out_.splice(held_);
     } catch (const std::bad_alloc &) {
         fail("connection dropped: out of memory", 0, false);
         return;
@@ -469,7 +460,6 @@ void RedisClient::release_held() noexcept
             queued_ += p.length;
         }
     }
-    held_.clear();
     schedule_write();
 }
 
@@ -628,9 +618,9 @@ void RedisClient::drop() noexcept
     reader_ = nullptr;
     state_ = State::idle;
     login_replies_ = 0;
+    // Before any call is answered: a call may free the bytes it kept.
     out_.clear();
     held_.clear();
-    written_in_out_ = 0;
     uint64_t written = written_;
     queued_ = 0;
     written_ = 0;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "ngx_http_recording_conf.h"
+#include "send_queue.h"
 #include "spell.h"
 
 #include <cstdint>
@@ -32,6 +33,9 @@ public:
     // connection: Redis may have run it, and sending it again may run it
     // twice. False: it never left the worker.
     bool unconfirmed = false;
+    // The command's bytes stay where they are, unchanged, until on_reply():
+    // a large one is then written from there rather than copied.
+    bool command_kept = false;
 };
 
 class RedisRoute {
@@ -137,8 +141,7 @@ private:
     // none of them may reconnect from within the teardown.
     bool answering_drop_ = false;
 
-    std::string out_;          // queued, not yet written: out_[written_in_out_..]
-    size_t written_in_out_ = 0;
+    recording::SendQueue out_; // queued, not yet written
     uint64_t queued_ = 0;      // bytes queued on this connection, in all
     uint64_t written_ = 0;     // of which written to the socket
     std::deque<Pending> pending_;
@@ -156,7 +159,7 @@ private:
     // While the login (AUTH, SELECT) of a new connection is unanswered,
     // commands wait here (their calls in pending_, as kHeld): none may run
     // unauthenticated, or in database 0 because a SELECT was refused.
-    std::string held_;
+    recording::SendQueue held_;
     unsigned login_replies_ = 0;   // login replies still to come
     recording::Spell login_refused_;
 

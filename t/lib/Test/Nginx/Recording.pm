@@ -120,7 +120,7 @@ our @EXPORT = qw(
     start_nginx start_second_nginx stop_nginx reload_nginx nginx_test http_request error_log_text
     nginx_master_pid nginx_worker_pids
     servroot server_port html_dir
-    redis_cmd redis_cmd_raw redis_port redis_start redis_stop redis_restart redis_kill
+    redis_cmd redis_cmd_raw redis_port redis_pid redis_start redis_stop redis_restart redis_kill
     gzip_bytes deflate_bytes raw_deflate_bytes
     concurrent_requests poll_until count_matches crash_lines no_crash ingest_location
     start_server start_silent_server track_child stop_child
@@ -197,6 +197,7 @@ sub servroot    { $SERVROOT }
 sub server_port { $SERVER_PORT }
 sub html_dir    { "$SERVROOT/html" }
 sub redis_port  { $REDIS_PORT }
+sub redis_pid   { $REDIS_PID }    # undef when none runs (to SIGSTOP it, say)
 
 # Stop everything we started, however the test ends (normal exit, die, or a
 # signal we turn into exit).  $? is the test's exit status: keep it.
