@@ -227,12 +227,15 @@ void enrich_and_push(Batch *b)
     recording::QueueElement element(b->decoder->decoded(), b->validated, ingest);
     unsigned shard = recording::queue_shard(b->bucket, static_cast<unsigned>(b->conf->queue_shards));
     b->queue = recording::queue_key(shard);
-    if (!ngx_http_recording_queue_push(b->conf, b->queue, element, &b->waiter)) {
+    // The decoded document goes with its element: a large one is sent to
+    // Redis from where it is, a small one copied into the RPUSH. Either way
+    // the batch itself need not keep it while Redis answers.
+    size_t capacity = 0;
+    std::unique_ptr<char[]> document = b->decoder->take_output(&capacity);
+    if (!ngx_http_recording_queue_push(b->conf, b->queue, element, std::move(document), capacity, &b->waiter)) {
         finish(b, Outcome::queue_unavailable);
         return;
     }
-    // The element is copied into its RPUSH: the decoded document (up to the
-    // limit, 2 MiB) need not wait for Redis with the batch.
     b->decoder.reset();
 }
 

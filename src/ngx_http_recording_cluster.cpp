@@ -112,7 +112,7 @@ public:
 
     bool add_seeds() noexcept { return map_.add_seeds(); }
 
-    bool send(std::string_view key, std::string_view command, RedisCall *call,
+    bool send(std::string_view key, const RedisCommand &command, RedisCall *call,
               const RedisTimeouts &timeouts) noexcept override;
     bool available() noexcept override { return map_.available(); }
     void close() noexcept override;
@@ -194,7 +194,7 @@ ClusterRoute::~ClusterRoute()
     }
 }
 
-bool ClusterRoute::send(std::string_view key, std::string_view command, RedisCall *call,
+bool ClusterRoute::send(std::string_view key, const RedisCommand &command, RedisCall *call,
                         const RedisTimeouts &timeouts) noexcept
 {
     if (closing_) {
@@ -205,7 +205,8 @@ bool ClusterRoute::send(std::string_view key, std::string_view command, RedisCal
 
     ClusterCommand *cmd;
     try {
-        cmd = new ClusterCommand(this, call, std::string(command), recording::key_slot(key), timeouts);
+        // A copy: a redirection may send it again after the caller's bytes are gone.
+        cmd = new ClusterCommand(this, call, command.joined(), recording::key_slot(key), timeouts);
     } catch (const std::bad_alloc &) {
         return false;
     }

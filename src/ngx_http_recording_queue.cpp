@@ -100,6 +100,7 @@ void release(std::unique_ptr<Batch> batch) noexcept
     ngx_http_recording_count(&ngx_http_recording_stats_t::pending_bytes,
                              -static_cast<ngx_atomic_int_t>(batch->held));
     batch->waiters.clear();
+    batch->command.reset(batch->key);  // lets go of the documents it kept
     // A spare keeps its buffer, so only small ones are kept: at most
     // kMaxSpares x kMaxSpareSize stay with a worker.
     if (spares.size() < kMaxSpares && batch->held <= kMaxSpareSize) {
@@ -121,14 +122,24 @@ void answer(std::unique_ptr<Batch> batch, recording::Outcome outcome, uint64_t r
     }
 }
 
+// The batch's RPUSH, in one piece, to the spool file.
+bool spool_write(Batch &batch) noexcept
+{
+    try {
+        std::string command = batch.command.joined();
+        return ngx_http_recording_spool_write(batch.server, batch.key,
+                                              static_cast<uint32_t>(batch.command.elements()), command);
+    } catch (const std::bad_alloc &) {
+        return false;
+    }
+}
+
 // The batch did not reach Redis, or its RPUSH went out unanswered
 // (`unconfirmed`: Redis may have it): to the spool, or 503.
 void fall_back(std::unique_ptr<Batch> batch, bool unconfirmed = false) noexcept
 {
     auto elements = static_cast<uint32_t>(batch->command.elements());
-    if (ngx_http_recording_spool_enabled()
-        && ngx_http_recording_spool_write(batch->server, batch->key, elements, batch->command.command()))
-    {
+    if (ngx_http_recording_spool_enabled() && spool_write(*batch)) {
         if (unconfirmed) {
             // Replaying it may queue it twice: at least once, not exactly.
             ngx_http_recording_count(&ngx_http_recording_stats_t::resent_elements, elements);
@@ -194,7 +205,12 @@ void dispatch(std::unique_ptr<Batch> batch) noexcept
     batch->sent_us = ngx_http_recording_now_us();
     call->batch = std::move(batch);
     Batch &sent = *call->batch;
-    if (!route->send(sent.key, sent.command.command(), call, sent.timeouts)) {
+    bool accepted = false;
+    try {
+        accepted = route->send(sent.key, RedisCommand(sent.command.pieces()), call, sent.timeouts);
+    } catch (const std::bad_alloc &) {
+    }
+    if (!accepted) {
         batch = std::move(call->batch);
         delete call;
         fall_back(std::move(batch));
@@ -306,8 +322,8 @@ Slot &slot_for(ngx_http_recording_loc_conf_t *conf, std::string_view key)
 }  // namespace
 
 bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::string_view key,
-                                   const recording::QueueElement &element,
-                                   ngx_http_recording_waiter_t *waiter) noexcept
+                                   const recording::QueueElement &element, std::unique_ptr<char[]> document,
+                                   size_t capacity, ngx_http_recording_waiter_t *waiter) noexcept
 {
     try {
         bool spool = ngx_http_recording_spool_enabled();
@@ -332,7 +348,11 @@ bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::str
         size_t before = batch.command.size();
         batch.waiters.push_back(waiter);
         try {
-            batch.command.add(element);
+            if (document != nullptr && element.size() >= recording::RpushBuilder::kReferFrom) {
+                batch.command.add_keeping(element, std::move(document), capacity);
+            } else {
+                batch.command.add(element);
+            }
         } catch (...) {
             batch.waiters.pop_back();
             throw;

@@ -8,6 +8,8 @@
 
 #include "enrichment.h"
 
+#include <memory>
+
 // init_process: `recording_pending_limit`, the bytes this worker may hold
 // for Redis.
 void ngx_http_recording_queue_init_process(size_t pending_limit) noexcept;
@@ -17,8 +19,12 @@ void ngx_http_recording_queue_init_process(size_t pending_limit) noexcept;
 // from within this call. Returns false, taking nothing, when the element
 // cannot be taken: the worker holds `recording_pending_limit` already, or
 // Redis is unreachable, and there is no spool to take it instead.
+// `document` (of `capacity` bytes) is the buffer the element's document
+// lies in, handed over (or null): a large element is then sent from it
+// rather than copied, and the buffer kept until Redis answered.
 bool ngx_http_recording_queue_push(ngx_http_recording_loc_conf_t *conf, std::string_view key,
-    const recording::QueueElement &element, ngx_http_recording_waiter_t *waiter) noexcept;
+    const recording::QueueElement &element, std::unique_ptr<char[]> document, size_t capacity,
+    ngx_http_recording_waiter_t *waiter) noexcept;
 
 // exit_process: frees what is left (by then every batch was answered).
 void ngx_http_recording_queue_exit() noexcept;

@@ -78,13 +78,13 @@ void RedisClient::mark_unreachable() noexcept
     retry_at_ = ngx_current_msec + kRetryInterval;
 }
 
-bool RedisClient::send(std::string_view, std::string_view command, RedisCall *call,
+bool RedisClient::send(std::string_view, const RedisCommand &command, RedisCall *call,
                        const RedisTimeouts &timeouts) noexcept
 {
     return send(command, call, timeouts);
 }
 
-bool RedisClient::send(std::string_view command, RedisCall *call, const RedisTimeouts &timeouts) noexcept
+bool RedisClient::send(const RedisCommand &command, RedisCall *call, const RedisTimeouts &timeouts) noexcept
 {
     if (answering_drop_) {
         return false;
@@ -99,7 +99,7 @@ bool RedisClient::send(std::string_view command, RedisCall *call, const RedisTim
     bool held = login_replies_ != 0;
     try {
         pending_.push_back({call, held ? kHeld : queued_, command.size(), timeouts.reply});
-        (held ? held_ : out_).append(command, call->command_kept);
+        (held ? held_ : out_).append(command.pieces(), command.count(), call->command_kept);
     } catch (const std::bad_alloc &) {
         if (!pending_.empty() && pending_.back().call == call) {
             pending_.pop_back();  // the append failed, not the push

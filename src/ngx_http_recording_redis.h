@@ -15,6 +15,7 @@
 #include <deque>
 #include <string>
 #include <string_view>
+#include <vector>
 
 struct redisReader;
 struct redisReply;
@@ -38,6 +39,44 @@ public:
     bool command_kept = false;
 };
 
+// A command's RESP bytes: one piece, or several in order (a large RPUSH
+// refers to its batches' documents where they are: core's RpushBuilder).
+// A view: taken by reference for the time of a send() call.
+class RedisCommand {
+public:
+    RedisCommand(std::string_view whole) noexcept : one_(whole), pieces_(&one_), count_(1), size_(whole.size()) {}
+    RedisCommand(const std::string &whole) noexcept : RedisCommand(std::string_view(whole)) {}
+    explicit RedisCommand(const std::vector<std::string_view> &pieces) noexcept
+        : pieces_(pieces.data()), count_(pieces.size())
+    {
+        for (std::string_view piece : pieces) {
+            size_ += piece.size();
+        }
+    }
+    RedisCommand(const RedisCommand &) = delete;
+    RedisCommand &operator=(const RedisCommand &) = delete;
+
+    const std::string_view *pieces() const noexcept { return pieces_; }
+    size_t count() const noexcept { return count_; }
+    size_t size() const noexcept { return size_; }
+    // In one string (a copy); throws std::bad_alloc.
+    std::string joined() const
+    {
+        std::string out;
+        out.reserve(size_);
+        for (size_t i = 0; i < count_; i++) {
+            out.append(pieces_[i]);
+        }
+        return out;
+    }
+
+private:
+    std::string_view one_;
+    const std::string_view *pieces_;
+    size_t count_;
+    size_t size_ = 0;
+};
+
 class RedisRoute {
 public:
     virtual ~RedisRoute() = default;
@@ -45,7 +84,7 @@ public:
     // Queues a RESP-encoded command that touches only `key` (which picks
     // the node in a cluster), connecting first if needed. Returns false,
     // without calling `call`, when it cannot be sent now.
-    virtual bool send(std::string_view key, std::string_view command, RedisCall *call,
+    virtual bool send(std::string_view key, const RedisCommand &command, RedisCall *call,
                       const RedisTimeouts &timeouts) noexcept = 0;
 
     // False while Redis is known to be unreachable (a connect or a reply
@@ -70,14 +109,14 @@ public:
     RedisClient(const RedisClient &) = delete;
     RedisClient &operator=(const RedisClient &) = delete;
 
-    bool send(std::string_view key, std::string_view command, RedisCall *call,
+    bool send(std::string_view key, const RedisCommand &command, RedisCall *call,
               const RedisTimeouts &timeouts) noexcept override;
     bool available() noexcept override;
     void close() noexcept override;
     size_t in_flight() const noexcept override { return pending_.size(); }
 
     // As send(), for callers that know the node: `key` is not needed.
-    bool send(std::string_view command, RedisCall *call, const RedisTimeouts &timeouts) noexcept;
+    bool send(const RedisCommand &command, RedisCall *call, const RedisTimeouts &timeouts) noexcept;
 
     const ngx_str_t &name() const noexcept { return address_.name; }
 

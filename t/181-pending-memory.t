@@ -4,7 +4,7 @@
 # until its reply). Redis is stopped (SIGSTOP: connected, reading nothing)
 # while 64 snapshots are posted; the worker's RSS then grows by about one
 # document per snapshot, where it grew by about two. Counted in bytes, not
-# timed. When Redis goes on, every one of them is in its queue.
+# timed. When Redis goes on, every one of them is in its queue, intact.
 use lib 't/lib';
 use Test::Nginx::Recording;
 use JSON::PP ();
@@ -85,6 +85,13 @@ cmp_ok($per, '<', 1.4 * $doc_kb,
 ok(poll_until(30, sub { (redis_cmd('LLEN', 'recording:queue:0') // 0) == $SNAPSHOTS }),
    "once Redis goes on, the $SNAPSHOTS snapshots are in its queue");
 ok(poll_until(10, sub { (status()->{pending_bytes} // -1) == 0 }), 'and the worker holds nothing more');
+# Each went out in pieces (the document from the decoder's buffer, the
+# rest copied), through writes cut short by a full socket: the element is
+# still the document plus `_ingest`, byte for byte.
+my $prefix = substr($doc, 0, length($doc) - 1);
+my @bad = grep { !(index($_, $prefix) == 0 && substr($_, length $prefix) =~ /^,"_ingest":\{[^{}]*\}\}$/) }
+          @{ redis_cmd('LRANGE', 'recording:queue:0', 0, -1) };
+is(scalar @bad, 0, "every element is the document and its _ingest, byte for byte");
 no_crash('pending snapshots');
 ok(stop_nginx(), 'nginx stops gracefully');
 Test::More::done_testing();

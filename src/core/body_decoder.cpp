@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <new>
+#include <utility>
 
 namespace recording {
 
@@ -247,6 +248,14 @@ DecodeStatus BodyDecoder::finish()
         return inflate_all();
     }
     return status_;
+}
+
+std::unique_ptr<char[]> BodyDecoder::take_output(size_t* capacity) noexcept
+{
+    *capacity = capacity_;
+    capacity_ = 0;
+    used_ = 0;
+    return std::move(output_);
 }
 
 }  // namespace recording

@@ -50,6 +50,11 @@ public:
     // The decoded document; complete once finish() returned ok.
     std::string_view decoded() const noexcept { return {output_.get(), used_}; }
 
+    // Hands the decoded document's buffer over, with its capacity: the
+    // document stays where it is for whoever keeps it (an RPUSH until its
+    // reply), and the decoder is left with nothing decoded.
+    std::unique_ptr<char[]> take_output(size_t* capacity) noexcept;
+
 private:
     DecodeStatus feed_identity(const unsigned char* data, size_t size);
     DecodeStatus feed_compressed(const unsigned char* data, size_t size);

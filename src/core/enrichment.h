@@ -34,6 +34,9 @@ public:
     QueueElement(std::string_view document, const ValidatedBatch& batch, std::string_view ingest);
 
     size_t size() const noexcept { return size_; }
+    // The element's bytes, in order: slices of the document and the ingest member.
+    size_t slice_count() const noexcept { return count_; }
+    std::string_view slice(size_t i) const noexcept { return slices_[i]; }
     void append_to(std::string& out) const;
     std::string str() const;
 

@@ -2,6 +2,9 @@
 
 #include "enrichment.h"
 
+#include <cstdint>
+#include <utility>
+
 namespace recording {
 
 namespace {
@@ -33,7 +36,7 @@ std::string format_rpush(std::string_view key, const QueueElement& element)
     RpushBuilder builder;
     builder.reset(key);
     builder.add(element);
-    return std::string(builder.command());
+    return builder.joined();
 }
 
 std::string site_key(std::string_view site_id)
@@ -50,17 +53,57 @@ void RpushBuilder::reset(std::string_view key)
     room_ = 1 + 20 + 2 + 11 + 1 + 20 + 2 + key.size() + 2;
     buffer_.assign(room_, ' ');
     elements_ = 0;
+    referred_ = 0;
+    referred_slices_.clear();
+    documents_.clear();
 }
 
 void RpushBuilder::add(const QueueElement& element)
 {
-    append_length(buffer_, '$', element.size());
-    element.append_to(buffer_);
-    buffer_ += "\r\n";
+    append_element(element, nullptr, 0);
+}
+
+void RpushBuilder::add_keeping(const QueueElement& element, std::unique_ptr<char[]> document, size_t capacity)
+{
+    documents_.reserve(documents_.size() + 1);
+    append_element(element, document.get(), capacity);
+    documents_.push_back(std::move(document));  // room reserved: cannot throw
+}
+
+void RpushBuilder::append_element(const QueueElement& element, const char* kept, size_t capacity)
+{
+    auto inside_kept = [&](std::string_view slice) {
+        auto begin = reinterpret_cast<uintptr_t>(kept);
+        auto at = reinterpret_cast<uintptr_t>(slice.data());
+        return kept != nullptr && at >= begin && at - begin <= capacity && slice.size() <= capacity - (at - begin);
+    };
+    size_t buffer_size = buffer_.size();
+    size_t referred_count = referred_slices_.size();
+    size_t referred = referred_;
+    try {
+        referred_slices_.reserve(referred_count + element.slice_count());
+        append_length(buffer_, '$', element.size());
+        for (size_t i = 0; i < element.slice_count(); i++) {
+            std::string_view slice = element.slice(i);
+            if (slice.size() >= kReferFrom && inside_kept(slice)) {
+                referred_slices_.push_back({buffer_.size(), slice});
+                referred_ += slice.size();
+            } else {
+                buffer_.append(slice);
+            }
+        }
+        buffer_ += "\r\n";
+    } catch (...) {
+        // A part of an element would make the command wrong: none of it.
+        buffer_.resize(buffer_size);
+        referred_slices_.resize(referred_count);
+        referred_ = referred;
+        throw;
+    }
     elements_++;
 }
 
-std::string_view RpushBuilder::command()
+const std::vector<std::string_view>& RpushBuilder::pieces()
 {
     std::string header;
     append_length(header, '*', elements_ + 2);
@@ -68,7 +111,30 @@ std::string_view RpushBuilder::command()
     append_bulk(header, key_);
     size_t start = room_ - header.size();
     buffer_.replace(start, header.size(), header);
-    return std::string_view(buffer_).substr(start);
+
+    pieces_.clear();
+    std::string_view buffer(buffer_);
+    size_t from = start;
+    for (const Referred& slice : referred_slices_) {
+        if (slice.at > from) {
+            pieces_.push_back(buffer.substr(from, slice.at - from));
+        }
+        pieces_.push_back(slice.bytes);
+        from = slice.at;
+    }
+    pieces_.push_back(buffer.substr(from));
+    return pieces_;
+}
+
+std::string RpushBuilder::joined()
+{
+    const std::vector<std::string_view>& all = pieces();
+    std::string out;
+    out.reserve(room_ + size());
+    for (std::string_view piece : all) {
+        out.append(piece);
+    }
+    return out;
 }
 
 std::string format_site_lookup(std::string_view site_id)

@@ -26,6 +26,29 @@ void SendQueue::append(std::string_view bytes, bool kept)
     size_ += bytes.size();
 }
 
+void SendQueue::append(const std::string_view* pieces, size_t count, bool kept)
+{
+    size_t chunks = chunks_.size();
+    size_t tail = chunks != 0 && chunks_.back().is_copy() ? chunks_.back().copy.size() : 0;
+    size_t size = size_;
+    uint64_t copied = copied_;
+    try {
+        for (size_t i = 0; i < count; i++) {
+            append(pieces[i], kept);
+        }
+    } catch (...) {
+        while (chunks_.size() > chunks) {
+            chunks_.pop_back();
+        }
+        if (chunks != 0 && chunks_.back().is_copy()) {
+            chunks_.back().copy.resize(tail);
+        }
+        size_ = size;
+        copied_ = copied;
+        throw;
+    }
+}
+
 void SendQueue::splice(SendQueue &other)
 {
     for (Chunk &chunk : other.chunks_) {

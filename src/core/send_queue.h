@@ -29,6 +29,9 @@ public:
     // kBorrowFrom on they need not be copied. May throw std::bad_alloc,
     // and then queues nothing.
     void append(std::string_view bytes, bool kept);
+    // The pieces of one command, in order: all of them, or (when it throws)
+    // none.
+    void append(const std::string_view* pieces, size_t count, bool kept);
 
     // Moves everything `other` holds to the end of this queue, in order.
     void splice(SendQueue &other);

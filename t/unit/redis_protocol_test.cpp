@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "batch_validator.h"
 #include "enrichment.h"
@@ -98,7 +101,7 @@ TEST(RpushBuilder, OneElementIsTheSameCommandAsFormatRpush)
     builder.reset("recording:queue:3");
     builder.add(element);
     EXPECT_EQ(builder.elements(), 1u);
-    EXPECT_EQ(std::string(builder.command()), format_rpush("recording:queue:3", element));
+    EXPECT_EQ(builder.joined(), format_rpush("recording:queue:3", element));
 }
 
 TEST(RpushBuilder, SeveralElementsInTheOrderAdded)
@@ -115,7 +118,7 @@ TEST(RpushBuilder, SeveralElementsInTheOrderAdded)
     ASSERT_EQ(kFirst.size(), 62u);
     ASSERT_EQ(kSecond.size(), 62u);
     EXPECT_EQ(builder.size(), 3 * (5 + 62 + 2));  // "$62\r\n", the element, "\r\n"
-    EXPECT_EQ(std::string(builder.command()),
+    EXPECT_EQ(builder.joined(),
               "*5\r\n$5\r\nRPUSH\r\n$1\r\nk\r\n$62\r\n" + kFirst + "\r\n$62\r\n" + kSecond + "\r\n$62\r\n" + kFirst
                   + "\r\n");
 }
@@ -128,12 +131,12 @@ TEST(RpushBuilder, ResetStartsOverForAnotherKey)
     builder.reset("recording:queue:0");
     builder.add(element);
     builder.add(element);
-    (void) builder.command();
+    (void) builder.pieces();
     builder.reset("recording:queue:12");
     EXPECT_EQ(builder.elements(), 0u);
     EXPECT_EQ(builder.size(), 0u);
     builder.add(element);
-    EXPECT_EQ(std::string(builder.command()), format_rpush("recording:queue:12", element));
+    EXPECT_EQ(builder.joined(), format_rpush("recording:queue:12", element));
 }
 
 TEST(RpushBuilder, CountsOfManyDigitsFitTheRoomKept)
@@ -146,7 +149,125 @@ TEST(RpushBuilder, CountsOfManyDigitsFitTheRoomKept)
     for (int i = 0; i < 12345; i++) {
         builder.add(element);
     }
-    std::string_view command = builder.command();
+    std::string command = builder.joined();
     EXPECT_EQ(command.substr(0, 29), "*12347\r\n$5\r\nRPUSH\r\n$1\r\nq\r\n$62");
     EXPECT_EQ(command.size(), 26 + 12345 * (5 + 62 + 2));
+}
+
+namespace {
+
+// A large batch in a buffer of its own, as a decoder hands it over.
+struct KeptDocument {
+    std::unique_ptr<char[]> buffer;
+    size_t capacity = 0;
+    std::string_view document;
+};
+
+KeptDocument large_document(char filler)
+{
+    std::string text = R"({"session_id":"a","seq":0,"events":[{"type":2,"timestamp":1,"data":")"
+                       + std::string(3 * RpushBuilder::kReferFrom, filler) + R"("}]})";
+    KeptDocument kept;
+    kept.capacity = text.size() + 100;  // room past the document, as a decoder's
+    kept.buffer.reset(new char[kept.capacity]);
+    std::memcpy(kept.buffer.get(), text.data(), text.size());
+    kept.document = std::string_view(kept.buffer.get(), text.size());
+    return kept;
+}
+
+std::string joined_pieces(RpushBuilder& builder)
+{
+    std::string out;
+    for (std::string_view piece : builder.pieces()) {
+        out.append(piece);
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST(RpushBuilder, AKeptLargeDocumentIsReferredToNotCopied)
+{
+    KeptDocument kept = large_document('x');
+    ValidatedBatch batch = validate_batch(kept.document, ValidationLimits{});
+    ASSERT_TRUE(batch.valid);
+    // An ingest member longer than kReferFrom, which the builder must copy:
+    // it is gone once the element is added.
+    auto ingest = std::make_unique<std::string>(",\"_ingest\":{\"user_agent\":\"" + std::string(20000, 'u') + "\"}");
+    QueueElement element(kept.document, batch, *ingest);
+    std::string expected = format_rpush("recording:queue:1", element);
+
+    RpushBuilder builder;
+    builder.reset("recording:queue:1");
+    builder.add(QueueElement(kFirst, batch = validate_batch(kFirst, ValidationLimits{}), ""));
+    std::string small = format_rpush("k", QueueElement(kFirst, batch, ""));
+    const char* document_start = kept.document.data();
+    builder.add_keeping(element, std::move(kept.buffer), kept.capacity);
+    ingest->assign(ingest->size(), '?');  // the caller's ingest string changes, or is freed
+    ingest.reset();
+
+    // Copied: the small element, the length, the ingest member, the
+    // document's last bytes ("}]}" after the insert point), "\r\n".
+    EXPECT_LT(builder.copied(), 21000 + 200u);
+    // Both elements, without the headers ("*3\r\n$5\r\nRPUSH\r\n$17\r\nrecording:queue:1\r\n", 39 bytes; 22 for "k").
+    EXPECT_EQ(builder.size(), (expected.size() - 39) + (small.size() - 22));
+    const std::vector<std::string_view>& pieces = builder.pieces();
+    ASSERT_EQ(pieces.size(), 3u);  // header + small + length, the document, the rest
+    EXPECT_EQ(pieces[1].data(), document_start);
+    std::string command = joined_pieces(builder);
+    EXPECT_EQ(command.substr(0, 4), "*4\r\n");
+    EXPECT_NE(command.find(expected.substr(39)), std::string::npos);  // the large element as format_rpush has it
+    EXPECT_EQ(builder.joined(), command);
+}
+
+TEST(RpushBuilder, KeptAndCopiedElementsInTheOrderAdded)
+{
+    KeptDocument first = large_document('a');
+    KeptDocument second = large_document('b');
+    ValidatedBatch b1 = validate_batch(first.document, ValidationLimits{});
+    ValidatedBatch b2 = validate_batch(second.document, ValidationLimits{});
+    ValidatedBatch b3 = validate_batch(kSecond, ValidationLimits{});
+    QueueElement e1(first.document, b1, ",\"_ingest\":1");
+    QueueElement e2(second.document, b2, ",\"_ingest\":2");
+    QueueElement e3(kSecond, b3, "");
+
+    RpushBuilder copied;
+    copied.reset("k");
+    copied.add(e1);
+    copied.add(e3);
+    copied.add(e2);
+    copied.add(e3);
+
+    RpushBuilder kept;
+    kept.reset("k");
+    kept.add_keeping(e1, std::move(first.buffer), first.capacity);
+    kept.add(e3);
+    kept.add_keeping(e2, std::move(second.buffer), second.capacity);
+    kept.add(e3);
+    EXPECT_EQ(kept.elements(), 4u);
+    EXPECT_EQ(kept.size(), copied.size());
+    EXPECT_EQ(kept.joined(), copied.joined());
+    EXPECT_EQ(copied.pieces().size(), 1u);
+    EXPECT_EQ(kept.pieces().size(), 5u);
+    EXPECT_LT(kept.copied(), copied.copied() - 6 * RpushBuilder::kReferFrom);
+
+    // Starting over lets the documents go; the builder is as new.
+    kept.reset("k2");
+    EXPECT_EQ(kept.size(), 0u);
+    kept.add(e3);
+    EXPECT_EQ(kept.joined(), format_rpush("k2", e3));
+}
+
+TEST(RpushBuilder, AnElementOutsideTheKeptBufferIsCopied)
+{
+    KeptDocument kept = large_document('x');
+    std::string elsewhere(kept.document);  // the same bytes, in another buffer
+    ValidatedBatch batch = validate_batch(elsewhere, ValidationLimits{});
+    QueueElement element(elsewhere, batch, "");
+    RpushBuilder builder;
+    builder.reset("k");
+    builder.add_keeping(element, std::move(kept.buffer), kept.capacity);
+    EXPECT_EQ(builder.pieces().size(), 1u);
+    EXPECT_EQ(builder.copied(), builder.size());
+    EXPECT_EQ(builder.joined(), format_rpush("k", element));
 }

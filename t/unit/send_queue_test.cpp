@@ -151,3 +151,15 @@ TEST(SendQueue, ClearForgetsEverything)
     queue.append("y", false);
     EXPECT_EQ(queue.front(), "y");
 }
+
+TEST(SendQueue, ACommandInPiecesKeepsItsOrder)
+{
+    SendQueue queue;
+    std::string large(SendQueue::kBorrowFrom * 2, 'D');
+    std::string_view pieces[] = {"*3\r\n$5\r\nRPUSH\r\n$1\r\nk\r\n$32768\r\n", large, "\r\n"};
+    queue.append("before;", false);
+    queue.append(pieces, 3, true);
+    queue.append("after;", false);
+    EXPECT_EQ(queue.copied_bytes(), queue.size() - large.size());
+    EXPECT_EQ(drain(queue, 1 << 20), "before;" + std::string(pieces[0]) + large + "\r\nafter;");
+}
