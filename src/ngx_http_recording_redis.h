@@ -8,6 +8,7 @@
 #pragma once
 
 #include "ngx_http_recording_conf.h"
+#include "redis_protocol.h"
 #include "send_queue.h"
 #include "spell.h"
 
@@ -60,15 +61,7 @@ public:
     size_t count() const noexcept { return count_; }
     size_t size() const noexcept { return size_; }
     // In one string (a copy); throws std::bad_alloc.
-    std::string joined() const
-    {
-        std::string out;
-        out.reserve(size_);
-        for (size_t i = 0; i < count_; i++) {
-            out.append(pieces_[i]);
-        }
-        return out;
-    }
+    std::string joined() const { return recording::join_pieces(pieces_, count_); }
 
 private:
     std::string_view one_;

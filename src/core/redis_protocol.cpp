@@ -129,10 +129,19 @@ const std::vector<std::string_view>& RpushBuilder::pieces()
 std::string RpushBuilder::joined()
 {
     const std::vector<std::string_view>& all = pieces();
+    return join_pieces(all.data(), all.size());
+}
+
+std::string join_pieces(const std::string_view* pieces, size_t count)
+{
+    size_t size = 0;
+    for (size_t i = 0; i < count; i++) {
+        size += pieces[i].size();
+    }
     std::string out;
-    out.reserve(room_ + size());
-    for (std::string_view piece : all) {
-        out.append(piece);
+    out.reserve(size);
+    for (size_t i = 0; i < count; i++) {
+        out.append(pieces[i]);
     }
     return out;
 }

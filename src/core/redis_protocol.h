@@ -8,7 +8,12 @@
 #include <string_view>
 #include <vector>
 
+#include "send_queue.h"
+
 namespace recording {
+
+// The pieces of a command in one string (a copy).
+std::string join_pieces(const std::string_view* pieces, size_t count);
 
 class QueueElement;
 
@@ -23,13 +28,13 @@ std::string format_rpush(std::string_view key, const QueueElement& element);
 // count is known last, is written into room kept for it at the front. A
 // large element's document is kept instead (add_keeping): its large slices
 // are referred to where the decoder left them, and the command is then a
-// few pieces, written out in turn (a 700 KB snapshot was copied here once
-// more, 8% of the worker's CPU on it: BENCHMARKS.md).
+// few pieces, written out in turn (the copy of a 700 KB snapshot here was
+// 7.7% of the worker's CPU on it in `scripts/bench --profile-only`).
 class RpushBuilder {
 public:
     // Slices from this size on are referred to by add_keeping(), not copied:
-    // what the Redis connection writes from where it is (send_queue.h).
-    static constexpr size_t kReferFrom = 16 * 1024;
+    // what the Redis connection writes from where it is.
+    static constexpr size_t kReferFrom = SendQueue::kBorrowFrom;
 
     RpushBuilder() = default;
 
